@@ -1,0 +1,337 @@
+//! `stallscope experiment`: the tutorial's lesson as one command.
+//!
+//! For every variant of every lesson it fires C concurrent requests that each ask for D ms of
+//! work and notes when each one completes. Parallel variants finish together at about D;
+//! a stalling variant finishes one request after another, so its slowest takes about C × D
+//! on one worker.
+
+mod report;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use futures::future::join_all;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+pub use report::{Verdict, render_table};
+
+use crate::config::{LimitArgs, RuntimeArgs, ServeArgs, UpstreamClientArgs, available_cpus};
+use crate::routes::cpu::CpuVariant;
+use crate::routes::sleep::SleepVariant;
+use crate::routes::upstream::UpstreamVariant;
+use crate::server::RunningService;
+
+#[derive(Debug, Clone, Args)]
+pub struct ExperimentArgs {
+    /// Measure a running stallscope at this URL instead of starting one in-process.
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// Workers of the in-process service (with --url: the target's worker count, used only
+    /// for the default concurrency). One worker is one event loop, as in the tutorial.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: u16,
+
+    /// Concurrent requests per variant; defaults to workers + 1, the fewest that can show a
+    /// stall on a multi-thread runtime.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: Option<u16>,
+
+    /// Work per request in milliseconds (CPU work is calibrated to take about this long).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub ms: u64,
+
+    /// Which lesson to run.
+    #[arg(long, value_enum, default_value_t = LessonChoice::All)]
+    pub lesson: LessonChoice,
+
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LessonChoice {
+    Sleep,
+    Cpu,
+    Upstream,
+    All,
+}
+
+impl LessonChoice {
+    fn lessons(self) -> Vec<Lesson> {
+        match self {
+            LessonChoice::Sleep => vec![Lesson::Sleep],
+            LessonChoice::Cpu => vec![Lesson::Cpu],
+            LessonChoice::Upstream => vec![Lesson::Upstream],
+            LessonChoice::All => vec![Lesson::Sleep, Lesson::Cpu, Lesson::Upstream],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lesson {
+    Sleep,
+    Cpu,
+    Upstream,
+}
+
+impl Lesson {
+    pub fn name(self) -> &'static str {
+        match self {
+            Lesson::Sleep => SleepVariant::LESSON,
+            Lesson::Cpu => CpuVariant::LESSON,
+            Lesson::Upstream => UpstreamVariant::LESSON,
+        }
+    }
+
+    pub fn variants(self) -> &'static [&'static str] {
+        match self {
+            Lesson::Sleep => SleepVariant::NAMES,
+            Lesson::Cpu => CpuVariant::NAMES,
+            Lesson::Upstream => UpstreamVariant::NAMES,
+        }
+    }
+
+    /// The variants that hold a worker while they work, and so should come out serialised.
+    pub fn stalls(self, variant: &str) -> bool {
+        matches!(
+            (self, variant),
+            (Lesson::Sleep, "blocking") | (Lesson::Cpu, "inline") | (Lesson::Upstream, "blocking")
+        )
+    }
+}
+
+/// The whole run, as printed by `--json`.
+#[derive(Debug, Serialize)]
+pub struct ExperimentReport {
+    pub target: String,
+    pub workers: u16,
+    pub concurrency: u16,
+    pub ms: u64,
+    /// SHA-256 rounds used for the CPU lesson (calibrated to about `ms`), if it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_iterations: Option<u64>,
+    pub lessons: Vec<LessonResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LessonResult {
+    pub lesson: Lesson,
+    /// What a perfectly parallel run's slowest request would take, in ms: D, or for CPU work
+    /// D × ⌈C / cores⌉, since no fix makes more cores.
+    pub parallel_ms: f64,
+    pub variants: Vec<VariantResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VariantResult {
+    pub variant: &'static str,
+    /// When each request completed, ms after they were all sent, fastest first.
+    pub completions_ms: Vec<f64>,
+    pub slowest_ms: f64,
+    /// Slowest completion divided by `parallel_ms`: ~1 parallel, ~C serialised.
+    pub slowdown: f64,
+    pub verdict: Verdict,
+    /// Whether the lesson says this variant stalls (the verdict should agree).
+    pub expected_to_stall: bool,
+    /// Failed requests, if any, with their status or error.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// Runs the experiment and prints the result; the entry point of the subcommand.
+pub fn run(args: &ExperimentArgs) -> anyhow::Result<()> {
+    let in_process = match &args.url {
+        Some(_) => None,
+        None => Some(start_in_process(args)?),
+    };
+    let target = match (&args.url, &in_process) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(service)) => service.base_url(),
+        (None, None) => bail!("no target"),
+    };
+    // The client gets a runtime of its own on this thread: the service's runtime may be
+    // stalled on purpose, and the stopwatch must keep running.
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not build the client runtime")?;
+    let report = client_runtime.block_on(measure(args, target))?;
+    drop(in_process);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_table(&report));
+    }
+    Ok(())
+}
+
+fn start_in_process(args: &ExperimentArgs) -> anyhow::Result<RunningService> {
+    let serve = ServeArgs {
+        bind: "127.0.0.1:0".parse()?,
+        shutdown_grace_ms: 1_000,
+        runtime: RuntimeArgs {
+            workers: Some(args.workers),
+            max_blocking_threads: 512,
+            poll_histogram_min_us: 10,
+            poll_histogram_max_ms: 10_000,
+        },
+        limits: LimitArgs {
+            max_sleep_ms: 10_000,
+            max_cpu_iterations: u64::MAX,
+        },
+        upstream: UpstreamClientArgs {
+            upstream_url: None,
+            upstream_timeout_ms: 30_000,
+        },
+    };
+    RunningService::start(&serve)
+}
+
+async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<ExperimentReport> {
+    let concurrency = args.concurrency.unwrap_or(args.workers.saturating_add(1));
+    let lessons = args.lesson.lessons();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    wait_until_ready(&client, &target).await?;
+
+    let cpu_iterations = if lessons.contains(&Lesson::Cpu) {
+        Some(calibrate_cpu(&client, &target, args.ms).await?)
+    } else {
+        None
+    };
+
+    let total: usize = lessons.iter().map(|l| l.variants().len()).sum();
+    let progress = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new((total * usize::from(concurrency)) as u64)
+    };
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} requests  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+
+    let mut results = Vec::new();
+    for lesson in lessons {
+        let parallel_ms = match lesson {
+            Lesson::Cpu => {
+                args.ms as f64 * usize::from(concurrency).div_ceil(available_cpus()) as f64
+            }
+            _ => args.ms as f64,
+        };
+        let mut variants = Vec::new();
+        for &variant in lesson.variants() {
+            progress.set_message(format!("{}/{variant}", lesson.name()));
+            let url = match lesson {
+                Lesson::Cpu => format!(
+                    "{target}/cpu/{variant}?iterations={}",
+                    cpu_iterations.unwrap_or(1)
+                ),
+                _ => format!("{target}/{}/{variant}?ms={}", lesson.name(), args.ms),
+            };
+            let (completions_ms, errors) = fire(&client, &url, concurrency, &progress).await;
+            let slowest_ms = completions_ms.iter().copied().fold(0.0, f64::max);
+            let slowdown = slowest_ms / parallel_ms;
+            variants.push(VariantResult {
+                variant,
+                completions_ms,
+                slowest_ms,
+                slowdown,
+                verdict: Verdict::judge(slowdown, errors.is_empty()),
+                expected_to_stall: lesson.stalls(variant),
+                errors,
+            });
+            // Let stragglers (sleeping blocking threads, closing sockets) settle.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        results.push(LessonResult {
+            lesson,
+            parallel_ms,
+            variants,
+        });
+    }
+    progress.finish_and_clear();
+    Ok(ExperimentReport {
+        target,
+        workers: args.workers,
+        concurrency,
+        ms: args.ms,
+        cpu_iterations,
+        lessons: results,
+    })
+}
+
+/// Sends `n` requests at once; returns each success's completion time (ms, sorted) and
+/// a description of each failure.
+async fn fire(
+    client: &reqwest::Client,
+    url: &str,
+    n: u16,
+    progress: &ProgressBar,
+) -> (Vec<f64>, Vec<String>) {
+    let start = Instant::now();
+    let requests = (0..n).map(|_| async {
+        let outcome = match client.get(url).send().await {
+            Ok(response) if response.status().is_success() => {
+                // Read the body so completion means "the client has the answer".
+                match response.bytes().await {
+                    Ok(_) => Ok(start.elapsed().as_secs_f64() * 1000.0),
+                    Err(err) => Err(format!("reading the body failed: {err}")),
+                }
+            }
+            Ok(response) => Err(format!("HTTP {}", response.status())),
+            Err(err) => Err(err.to_string()),
+        };
+        progress.inc(1);
+        outcome
+    });
+    let mut completions = Vec::new();
+    let mut errors = Vec::new();
+    for outcome in join_all(requests).await {
+        match outcome {
+            Ok(ms) => completions.push(ms),
+            Err(err) => errors.push(err),
+        }
+    }
+    completions.sort_by(f64::total_cmp);
+    (completions, errors)
+}
+
+async fn wait_until_ready(client: &reqwest::Client, target: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.get(format!("{target}/healthz")).send().await {
+            Ok(response) if response.status().is_success() => return Ok(()),
+            _ if Instant::now() > deadline => bail!("{target}/healthz did not answer within 10 s"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Finds how many SHA-256 rounds take about `ms` on the target, by asking the target itself
+/// (so a debug build, a slow CPU or a remote machine are all measured as they are).
+async fn calibrate_cpu(client: &reqwest::Client, target: &str, ms: u64) -> anyhow::Result<u64> {
+    let mut iterations: u64 = 10_000;
+    loop {
+        let url = format!("{target}/cpu/spawn-blocking?iterations={iterations}");
+        let response = client.get(&url).send().await?.error_for_status()?;
+        let body: serde_json::Value = response.json().await?;
+        let elapsed_ms = body["elapsed_ms"]
+            .as_f64()
+            .context("the CPU endpoint answered without elapsed_ms")?;
+        // Measure at least 50 ms so timer noise does not dominate, then scale linearly.
+        if elapsed_ms >= 50.0 || iterations >= 1 << 40 {
+            let per_ms = iterations as f64 / elapsed_ms.max(0.001);
+            return Ok(((per_ms * ms as f64) as u64).max(1));
+        }
+        iterations *= 4;
+    }
+}

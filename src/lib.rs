@@ -1,0 +1,25 @@
+//! stallscope: what happens when sync or CPU-heavy code runs inside an async handler, made
+//! visible and measurable.
+//!
+//! Each lesson (`routes::sleep`, `routes::cpu`, `routes::upstream`) has a correct and a
+//! stalling variant. [`app`] builds the real router so tests exercise exactly what ships.
+
+pub mod blocking;
+pub mod config;
+pub mod error;
+pub mod experiment;
+pub mod routes;
+pub mod runtime;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+
+use axum::Router;
+
+pub use state::AppState;
+
+/// The whole HTTP application for `state`.
+pub fn app(state: AppState) -> Router {
+    routes::router(state)
+}

@@ -1,0 +1,114 @@
+//! Lesson 3: calling another service. The tutorial's aiohttp-vs-requests lesson.
+//!
+//! Waiting on a socket is waiting, like sleeping: an async client (reqwest) parks the task
+//! while the upstream thinks; a synchronous client (ureq, Python's `requests`) blocks the
+//! worker polling the handler for the whole round trip.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use serde_json::{Value, json};
+
+use super::params::QueryParams;
+use super::report::{WorkDone, WorkReport};
+use super::variant::lesson_variants;
+use crate::blocking::run_blocking;
+use crate::error::{AppError, ProblemDoc};
+use crate::state::{AppState, UpstreamClients};
+
+lesson_variants! {
+    /// Which HTTP client calls the slow upstream, and where.
+    pub enum UpstreamVariant for "upstream" {
+        Async = "async",
+        Blocking = "blocking",
+        SpawnBlocking = "spawn-blocking",
+    }
+}
+
+impl UpstreamVariant {
+    pub fn lesson(self) -> &'static str {
+        match self {
+            UpstreamVariant::Async => {
+                "reqwest awaits the socket: like aiohttp, the worker serves others while the upstream is slow"
+            }
+            UpstreamVariant::Blocking => {
+                "a synchronous client (ureq) in async code blocks the worker for the whole round trip: like requests in async def"
+            }
+            UpstreamVariant::SpawnBlocking => {
+                "the same synchronous client on the blocking pool: like requests in a plain def route"
+            }
+        }
+    }
+}
+
+/// Ask the slow upstream to take `ms` milliseconds, with the client `{variant}` names.
+#[utoipa::path(
+    get,
+    path = "/upstream/{variant}",
+    tag = "upstream",
+    params(
+        ("variant" = String, Path, description = "async | blocking | spawn-blocking"),
+        ("ms" = u64, Query, description = "How long the upstream takes, in milliseconds (0 to --max-sleep-ms)"),
+    ),
+    responses(
+        (status = 200, description = "The upstream answered", body = WorkReport),
+        (status = 400, description = "Bad `ms`", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown variant", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "The upstream failed", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 504, description = "The upstream timed out", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+pub async fn handler(
+    State(state): State<AppState>,
+    Path(variant): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<WorkReport>, AppError> {
+    let variant: UpstreamVariant = variant.parse()?;
+    let ms =
+        QueryParams::parse(query.as_deref()).bounded_u64("ms", 0, state.limits.max_sleep_ms)?;
+    let report = WorkReport::begin(
+        UpstreamVariant::LESSON,
+        variant.as_str(),
+        variant.lesson(),
+        json!({ "ms": ms }),
+    );
+    let clients = &state.upstream;
+    let done = match variant {
+        UpstreamVariant::Async => call_async(clients, ms).await?,
+        UpstreamVariant::Blocking => call_blocking(clients, ms).await?,
+        UpstreamVariant::SpawnBlocking => call_spawn_blocking(clients, ms).await?,
+    };
+    Ok(Json(report.finish(done)))
+}
+
+/// Correct: reqwest sends, then parks the task until bytes arrive.
+async fn call_async(clients: &UpstreamClients, ms: u64) -> Result<WorkDone, AppError> {
+    let response = clients
+        .http
+        .get(clients.slow_url(ms))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|err| clients.reqwest_error(err))?;
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|err| clients.reqwest_error(err))?;
+    Ok(WorkDone::here_with(body))
+}
+
+/// The bug: ureq's `call()` blocks this thread, and this thread is a runtime worker.
+#[allow(clippy::unused_async)] // async on purpose: it is the lesson's stalling `async fn`.
+async fn call_blocking(clients: &UpstreamClients, ms: u64) -> Result<WorkDone, AppError> {
+    let body = clients.call_sync(ms)?;
+    Ok(WorkDone::here_with(body))
+}
+
+/// Correct for a sync-only client: the call blocks a blocking-pool thread instead.
+async fn call_spawn_blocking(clients: &UpstreamClients, ms: u64) -> Result<WorkDone, AppError> {
+    let clients = clients.clone();
+    run_blocking("upstream/spawn-blocking", move || {
+        let body = clients.call_sync(ms)?;
+        Ok(WorkDone::here_with(body))
+    })
+    .await?
+}

@@ -1,0 +1,50 @@
+//! Each lesson's variants as an enum that parses from the `{variant}` path segment.
+
+/// Declares a lesson's variant enum with its URL names; an unknown name becomes
+/// [`AppError::UnknownVariant`](crate::error::AppError::UnknownVariant) listing the valid ones.
+macro_rules! lesson_variants {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident for $lesson:literal {
+        $($(#[$vmeta:meta])* $variant:ident = $slug:literal),+ $(,)?
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            /// The lesson these variants belong to (the first path segment).
+            pub const LESSON: &'static str = $lesson;
+            /// Every variant's URL name, in teaching order.
+            pub const NAMES: &'static [&'static str] = &[$($slug),+];
+            /// Every variant, in teaching order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The variant's URL name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $slug),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::error::AppError;
+
+            fn from_str(given: &str) -> Result<Self, Self::Err> {
+                match given {
+                    $($slug => Ok($name::$variant),)+
+                    _ => Err($crate::error::AppError::UnknownVariant {
+                        lesson: $lesson,
+                        given: given.chars().take(64).collect(),
+                        valid: Self::NAMES,
+                    }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+pub(crate) use lesson_variants;

@@ -1,0 +1,133 @@
+//! Shared state handed to every handler.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LimitArgs;
+use crate::error::AppError;
+
+/// Everything handlers share. Cheap to clone: every field is a handle.
+#[derive(Clone)]
+pub struct AppState {
+    pub limits: Arc<LimitArgs>,
+    pub upstream: UpstreamClients,
+    /// rayon pool for the CPU lesson, one thread per core.
+    pub cpu_pool: Arc<rayon::ThreadPool>,
+    /// Cancelled when shutdown begins: `/readyz` turns 503 and the server drains.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Builds the state; the rayon pool starts its threads here.
+    pub fn new(
+        limits: LimitArgs,
+        upstream_base_url: String,
+        upstream_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StateError> {
+        let cpu_pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("rayon-cpu-{i}"))
+            .build()?;
+        Ok(Self {
+            limits: Arc::new(limits),
+            upstream: UpstreamClients::new(upstream_base_url, upstream_timeout)?,
+            cpu_pool: Arc::new(cpu_pool),
+            shutdown,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("could not start the rayon pool: {0}")]
+    Rayon(#[from] rayon::ThreadPoolBuildError),
+    #[error("could not build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
+/// The two HTTP clients of the upstream lesson, pointed at one slow upstream.
+#[derive(Clone)]
+pub struct UpstreamClients {
+    /// Async client (the aiohttp of this port).
+    pub http: reqwest::Client,
+    /// Synchronous client (the `requests` of this port).
+    pub sync: ureq::Agent,
+    base_url: Arc<str>,
+    timeout: Duration,
+}
+
+impl UpstreamClients {
+    fn new(base_url: String, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder().timeout(timeout).build()?;
+        let sync: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .build()
+            .into();
+        Ok(Self {
+            http,
+            sync,
+            base_url: base_url.trim_end_matches('/').into(),
+            timeout,
+        })
+    }
+
+    /// `GET {base}/slow?ms=N`.
+    pub fn slow_url(&self, ms: u64) -> String {
+        format!("{}/slow?ms={ms}", self.base_url)
+    }
+
+    /// One synchronous round trip; blocks the calling thread until it is done.
+    pub fn call_sync(&self, ms: u64) -> Result<Value, AppError> {
+        let mut response = self
+            .sync
+            .get(&self.slow_url(ms))
+            .call()
+            .map_err(|err| self.ureq_error(err))?;
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|err| self.ureq_error(err))?;
+        serde_json::from_str(&text).map_err(|err| {
+            AppError::UpstreamFailed(format!("the upstream sent invalid JSON: {err}"))
+        })
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Maps a reqwest failure: timeouts are 504, everything else 502.
+    pub fn reqwest_error(&self, err: reqwest::Error) -> AppError {
+        if err.is_timeout() {
+            AppError::UpstreamTimeout {
+                timeout_ms: self.timeout_ms(),
+            }
+        } else {
+            AppError::UpstreamFailed(describe_chain(&err))
+        }
+    }
+
+    fn ureq_error(&self, err: ureq::Error) -> AppError {
+        match err {
+            ureq::Error::Timeout(_) => AppError::UpstreamTimeout {
+                timeout_ms: self.timeout_ms(),
+            },
+            other => AppError::UpstreamFailed(describe_chain(&other)),
+        }
+    }
+}
+
+/// `err: cause: cause…`, since reqwest's top-level message alone rarely says what failed.
+fn describe_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
