@@ -113,9 +113,9 @@ pub struct ExperimentReport {
     pub workers: u16,
     pub concurrency: u16,
     pub ms: u64,
-    /// SHA-256 rounds used for the CPU lesson (calibrated to about `ms`), if it ran.
+    /// The CPU lesson's work per request (calibrated to about `ms`), if it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_iterations: Option<u64>,
+    pub cpu: Option<CpuCalibration>,
     pub lessons: Vec<LessonResult>,
 }
 
@@ -123,7 +123,7 @@ pub struct ExperimentReport {
 pub struct LessonResult {
     pub lesson: Lesson,
     /// What a perfectly parallel run's slowest request would take, in ms: D, or for CPU work
-    /// D × ⌈C / cores⌉, since no fix makes more cores.
+    /// one request's solo time × ⌈C / cores⌉, since no fix makes more cores.
     pub parallel_ms: f64,
     pub variants: Vec<VariantResult>,
 }
@@ -201,7 +201,7 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
         .build()?;
     wait_until_ready(&client, &target).await?;
 
-    let cpu_iterations = if lessons.contains(&Lesson::Cpu) {
+    let cpu = if lessons.contains(&Lesson::Cpu) {
         Some(calibrate_cpu(&client, &target, args.ms).await?)
     } else {
         None
@@ -223,7 +223,8 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
     for lesson in lessons {
         let parallel_ms = match lesson {
             Lesson::Cpu => {
-                args.ms as f64 * usize::from(concurrency).div_ceil(available_cpus()) as f64
+                let solo_ms = cpu.map_or(args.ms as f64, |c| c.solo_ms);
+                solo_ms * usize::from(concurrency).div_ceil(available_cpus()) as f64
             }
             _ => args.ms as f64,
         };
@@ -233,7 +234,7 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
             let url = match lesson {
                 Lesson::Cpu => format!(
                     "{target}/cpu/{variant}?iterations={}",
-                    cpu_iterations.unwrap_or(1)
+                    cpu.map_or(1, |c| c.iterations)
                 ),
                 _ => format!("{target}/{}/{variant}?ms={}", lesson.name(), args.ms),
             };
@@ -264,7 +265,7 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
         workers: args.workers,
         concurrency,
         ms: args.ms,
-        cpu_iterations,
+        cpu,
         lessons: results,
     })
 }
@@ -316,22 +317,51 @@ async fn wait_until_ready(client: &reqwest::Client, target: &str) -> anyhow::Res
     }
 }
 
+/// How much CPU work makes one request take about D ms on the target.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuCalibration {
+    /// SHA-256 rounds per request.
+    pub iterations: u64,
+    /// What one request of `iterations` rounds took alone, in ms: the yardstick for the
+    /// concurrent run, since a busy or throttled machine rarely hits D exactly.
+    pub solo_ms: f64,
+}
+
 /// Finds how many SHA-256 rounds take about `ms` on the target, by asking the target itself
-/// (so a debug build, a slow CPU or a remote machine are all measured as they are).
-async fn calibrate_cpu(client: &reqwest::Client, target: &str, ms: u64) -> anyhow::Result<u64> {
+/// (so a debug build, a slow CPU or a remote machine are all measured as they are), then
+/// times one request of that size alone.
+pub async fn calibrate_cpu(
+    client: &reqwest::Client,
+    target: &str,
+    ms: u64,
+) -> anyhow::Result<CpuCalibration> {
     let mut iterations: u64 = 10_000;
     loop {
-        let url = format!("{target}/cpu/spawn-blocking?iterations={iterations}");
-        let response = client.get(&url).send().await?.error_for_status()?;
-        let body: serde_json::Value = response.json().await?;
-        let elapsed_ms = body["elapsed_ms"]
-            .as_f64()
-            .context("the CPU endpoint answered without elapsed_ms")?;
-        // Measure at least 50 ms so timer noise does not dominate, then scale linearly.
-        if elapsed_ms >= 50.0 || iterations >= 1 << 40 {
+        let elapsed_ms = time_cpu_request(client, target, iterations).await?;
+        // Measure at least 100 ms so timer noise does not dominate, then scale linearly.
+        if elapsed_ms >= 100.0 || iterations >= 1 << 40 {
             let per_ms = iterations as f64 / elapsed_ms.max(0.001);
-            return Ok(((per_ms * ms as f64) as u64).max(1));
+            let iterations = ((per_ms * ms as f64) as u64).max(1);
+            let solo_ms = time_cpu_request(client, target, iterations).await?;
+            return Ok(CpuCalibration {
+                iterations,
+                solo_ms,
+            });
         }
         iterations *= 4;
     }
+}
+
+/// The server-side time of one `/cpu/spawn-blocking` request.
+async fn time_cpu_request(
+    client: &reqwest::Client,
+    target: &str,
+    iterations: u64,
+) -> anyhow::Result<f64> {
+    let url = format!("{target}/cpu/spawn-blocking?iterations={iterations}");
+    let response = client.get(&url).send().await?.error_for_status()?;
+    let body: serde_json::Value = response.json().await?;
+    body["elapsed_ms"]
+        .as_f64()
+        .context("the CPU endpoint answered without elapsed_ms")
 }

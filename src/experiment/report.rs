@@ -98,11 +98,11 @@ pub fn render_table(report: &ExperimentReport) -> String {
         }
         out.push('\n');
     }
-    if let Some(iterations) = report.cpu_iterations {
+    if let Some(cpu) = report.cpu {
         let _ = writeln!(
             out,
-            "CPU work: {iterations} SHA-256 rounds per request (calibrated to ≈ {} ms on the target).",
-            report.ms
+            "CPU work: {} SHA-256 rounds per request (calibrated to ≈ {} ms; one alone took {:.0} ms).",
+            cpu.iterations, report.ms, cpu.solo_ms
         );
     }
     out.push_str(

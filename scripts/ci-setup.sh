@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what scripts/test needs on a fresh Debian 12 machine with a Rust toolchain.
+# Idempotent: anything already present is skipped. Used by .ci/run; developers may run it too.
+set -euo pipefail
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt || true
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi

@@ -1,0 +1,337 @@
+//! The HTTP contract without timing: bad input, error mapping, docs. Uses the real router
+//! through `tower::ServiceExt::oneshot`, as axum's own examples do.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use stallscope::config::LimitArgs;
+use stallscope::upstream::BackgroundUpstream;
+use stallscope::{AppState, app};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+const MAX_SLEEP_MS: u64 = 10_000;
+const MAX_CPU_ITERATIONS: u64 = 5_000_000;
+
+fn app_with_upstream(upstream_url: &str, timeout: Duration) -> Router {
+    let limits = LimitArgs {
+        max_sleep_ms: MAX_SLEEP_MS,
+        max_cpu_iterations: MAX_CPU_ITERATIONS,
+    };
+    let state = AppState::new(
+        limits,
+        upstream_url.to_owned(),
+        timeout,
+        CancellationToken::new(),
+    )
+    .expect("state");
+    app(state)
+}
+
+/// An app whose upstream is a closed port: lesson calls that reach it fail with 502.
+fn test_app() -> Router {
+    app_with_upstream("http://127.0.0.1:9", Duration::from_secs(2))
+}
+
+async fn call(app: Router, method: Method, uri: &str) -> (StatusCode, String, Vec<u8>) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .expect("request");
+    let response = app.oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    (status, content_type, body)
+}
+
+async fn problem(app: Router, uri: &str) -> (StatusCode, Value) {
+    let (status, content_type, body) = call(app, Method::GET, uri).await;
+    assert_eq!(
+        content_type, "application/problem+json",
+        "{uri} answered {status} with {content_type}"
+    );
+    let doc: Value = serde_json::from_slice(&body).expect("problem is JSON");
+    assert_eq!(doc["status"], status.as_u16(), "{uri}: {doc}");
+    assert_eq!(doc["type"], "about:blank");
+    assert!(doc["title"].is_string());
+    (status, doc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_are_400_problems_naming_the_parameter_and_range() {
+    let sleep_range = format!("from 0 to {MAX_SLEEP_MS}");
+    let cpu_range = format!("from 1 to {MAX_CPU_ITERATIONS}");
+    let too_long = format!("ms={}", MAX_SLEEP_MS + 1);
+    let too_many = format!("iterations={}", MAX_CPU_ITERATIONS + 1);
+    let cases: Vec<(String, &str, &str, &str)> = [
+        ("/sleep/async", "", "ms", "missing"),
+        ("/sleep/blocking", "ms=abc", "ms", "not a whole number"),
+        ("/sleep/spawn-blocking", "ms=-1", "ms", "negative"),
+        (
+            "/sleep/block-in-place",
+            "ms=1e3",
+            "ms",
+            "not a whole number",
+        ),
+        ("/sleep/async", too_long.as_str(), "ms", "out of range"),
+        ("/sleep/async", "ms=", "ms", "not a whole number"),
+        (
+            "/sleep/async",
+            "ms=18446744073709551616",
+            "ms",
+            "not a whole number",
+        ),
+        ("/cpu/inline", "", "iterations", "missing"),
+        ("/cpu/rayon", "iterations=0", "iterations", "out of range"),
+        (
+            "/cpu/spawn-blocking",
+            "iterations=-3",
+            "iterations",
+            "negative",
+        ),
+        (
+            "/cpu/inline",
+            too_many.as_str(),
+            "iterations",
+            "out of range",
+        ),
+        ("/upstream/async", "ms=x", "ms", "not a whole number"),
+        (
+            "/upstream/blocking",
+            too_long.as_str(),
+            "ms",
+            "out of range",
+        ),
+    ]
+    .into_iter()
+    .map(|(path, query, param, reason)| (format!("{path}?{query}"), param, reason, path))
+    .collect();
+    for (uri, param, reason, path) in cases {
+        let (status, doc) = problem(test_app(), &uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {doc}");
+        assert_eq!(doc["parameter"], param, "{uri}: {doc}");
+        let detail = doc["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(reason), "{uri}: {detail}");
+        let range = if param == "iterations" {
+            &cpu_range
+        } else {
+            &sleep_range
+        };
+        assert!(detail.contains(range.as_str()), "{uri} ({path}): {detail}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_variants_are_404_problems_listing_the_valid_ones() {
+    for (uri, valid) in [
+        (
+            "/sleep/turbo?ms=1",
+            vec!["async", "blocking", "spawn-blocking", "block-in-place"],
+        ),
+        (
+            "/cpu/gpu?iterations=1",
+            vec!["inline", "spawn-blocking", "rayon"],
+        ),
+        (
+            "/upstream/grpc?ms=1",
+            vec!["async", "blocking", "spawn-blocking"],
+        ),
+    ] {
+        let (status, doc) = problem(test_app(), uri).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+        let listed: Vec<&str> = doc["valid_variants"]
+            .as_array()
+            .expect("valid_variants")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(listed, valid, "{uri}");
+        for variant in valid {
+            assert!(doc["detail"].as_str().unwrap_or_default().contains(variant));
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_problems() {
+    let (status, doc) = problem(test_app(), "/no/such/route").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        doc["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/no/such/route")
+    );
+
+    let (status, content_type, _) = call(test_app(), Method::POST, "/sleep/async?ms=1").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(content_type, "application/problem+json");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_variant_answers_with_a_work_report() {
+    let upstream =
+        BackgroundUpstream::start("127.0.0.1:0".parse().expect("addr")).expect("upstream");
+    let cases = [
+        ("/sleep/async?ms=5", "sleep", "async"),
+        ("/sleep/blocking?ms=5", "sleep", "blocking"),
+        ("/sleep/spawn-blocking?ms=5", "sleep", "spawn-blocking"),
+        ("/sleep/block-in-place?ms=5", "sleep", "block-in-place"),
+        ("/cpu/inline?iterations=10", "cpu", "inline"),
+        ("/cpu/spawn-blocking?iterations=10", "cpu", "spawn-blocking"),
+        ("/cpu/rayon?iterations=10", "cpu", "rayon"),
+        ("/upstream/async?ms=5", "upstream", "async"),
+        ("/upstream/blocking?ms=5", "upstream", "blocking"),
+        (
+            "/upstream/spawn-blocking?ms=5",
+            "upstream",
+            "spawn-blocking",
+        ),
+    ];
+    for (uri, work, variant) in cases {
+        let app = app_with_upstream(&upstream.base_url(), Duration::from_secs(5));
+        let (status, content_type, body) = call(app, Method::GET, uri).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{uri}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(content_type, "application/json");
+        let report: Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(report["work"], work, "{uri}");
+        assert_eq!(report["variant"], variant, "{uri}");
+        assert!(report["elapsed_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
+        assert!(report["lesson"].as_str().is_some_and(|l| !l.is_empty()));
+        let work_thread = report["work_thread"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        // Where the work ran is the lesson: check each variant reports the right pool.
+        match variant {
+            "rayon" => assert!(
+                work_thread.starts_with("rayon-cpu-"),
+                "{uri}: {work_thread}"
+            ),
+            "inline" | "blocking" | "async" | "block-in-place" => {
+                assert_eq!(report["work_thread"], report["handler_thread"], "{uri}")
+            }
+            _ => assert_ne!(report["work_thread"], report["handler_thread"], "{uri}"),
+        }
+    }
+    let (_, _, body) = call(test_app(), Method::GET, "/cpu/inline?iterations=1").await;
+    let report: Value = serde_json::from_slice(&body).expect("JSON");
+    // SHA-256 of 32 zero bytes: proves the work really ran.
+    assert_eq!(report["output"]["digest_prefix"], "66687aadf862bd77");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_map_to_502_and_timeouts_to_504() {
+    for variant in ["async", "blocking", "spawn-blocking"] {
+        let uri = format!("/upstream/{variant}?ms=10");
+        let (status, doc) = problem(test_app(), &uri).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{uri}: {doc}");
+    }
+    let upstream =
+        BackgroundUpstream::start("127.0.0.1:0".parse().expect("addr")).expect("upstream");
+    for variant in ["async", "blocking", "spawn-blocking"] {
+        let app = app_with_upstream(&upstream.base_url(), Duration::from_millis(100));
+        let uri = format!("/upstream/{variant}?ms=1000");
+        let (status, doc) = problem(app, &uri).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{uri}: {doc}");
+        assert!(
+            doc["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("100 ms")
+        );
+    }
+}
+
+#[tokio::test]
+async fn health_and_baseline() {
+    let (status, _, body) = call(test_app(), Method::GET, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, br#"{"status":"ok"}"#);
+    let (status, _, body) = call(test_app(), Method::GET, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (status, _, body) = call(test_app(), Method::GET, "/hello").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, b"Hello, world!");
+}
+
+#[tokio::test]
+async fn readyz_fails_once_shutdown_begins() {
+    let shutdown = CancellationToken::new();
+    let limits = LimitArgs {
+        max_sleep_ms: 1,
+        max_cpu_iterations: 1,
+    };
+    let state = AppState::new(
+        limits,
+        "http://127.0.0.1:9".into(),
+        Duration::from_secs(1),
+        shutdown.clone(),
+    )
+    .expect("state");
+    shutdown.cancel();
+    let (status, doc) = problem(app(state), "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{doc}");
+}
+
+#[tokio::test]
+async fn openapi_describes_every_lesson_and_docs_are_served_offline() {
+    let (status, _, body) = call(test_app(), Method::GET, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let spec: Value = serde_json::from_slice(&body).expect("OpenAPI is JSON");
+    for path in [
+        "/sleep/{variant}",
+        "/cpu/{variant}",
+        "/upstream/{variant}",
+        "/healthz",
+        "/readyz",
+        "/hello",
+    ] {
+        assert!(
+            spec["paths"][path]["get"].is_object(),
+            "{path} missing from OpenAPI"
+        );
+    }
+    let (status, _, body) = call(test_app(), Method::GET, "/docs/").await;
+    assert_eq!(status, StatusCode::OK);
+    let page = String::from_utf8_lossy(&body);
+    assert!(page.contains("swagger-ui"), "{page}");
+    assert!(
+        !page.contains("cdn"),
+        "the docs page must not load assets from a CDN"
+    );
+    // The assets come from the binary, not the network.
+    for asset in [
+        "/docs/swagger-ui.css",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-initializer.js",
+    ] {
+        let (status, _, body) = call(test_app(), Method::GET, asset).await;
+        assert_eq!(status, StatusCode::OK, "{asset}");
+        assert!(!body.is_empty(), "{asset}");
+    }
+    let (_, _, body) = call(test_app(), Method::GET, "/docs/swagger-initializer.js").await;
+    assert!(String::from_utf8_lossy(&body).contains("/openapi.json"));
+}

@@ -1,0 +1,128 @@
+//! The binary as users run it: defaults, graceful shutdown, the standalone upstream.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_stallscope"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("binary starts")
+}
+
+async fn wait_healthy(url: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(response) = client.get(url).send().await {
+            if response.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{url} never became healthy");
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("child is running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// SIGTERM while a request is in flight: the request still completes, then the process
+/// exits 0, and no new connection is accepted after.
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let child = spawn(&["--bind", &bind, "--workers", "1"]);
+    let base = format!("http://{bind}");
+    wait_healthy(&format!("{base}/healthz")).await;
+
+    let in_flight = tokio::spawn({
+        let url = format!("{base}/sleep/async?ms=700");
+        async move { reqwest::get(url).await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    sigterm(&child);
+
+    let status = in_flight
+        .await
+        .expect("task")
+        .expect("in-flight request answered");
+    assert_eq!(status, 200);
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("exits after draining")
+        .expect("wait");
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("draining"), "{log}");
+    assert!(reqwest::get(format!("{base}/healthz")).await.is_err());
+}
+
+/// `STALLSCOPE_*` variables configure the service like flags do.
+#[tokio::test]
+async fn environment_configures_bind_and_limits() {
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_stallscope"))
+        .arg("serve")
+        .env("STALLSCOPE_BIND", &bind)
+        .env("STALLSCOPE_MAX_SLEEP_MS", "50")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("binary starts");
+    let base = format!("http://{bind}");
+    wait_healthy(&format!("{base}/healthz")).await;
+    let response = reqwest::get(format!("{base}/sleep/async?ms=51"))
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 400);
+    let body = response.text().await.expect("body");
+    assert!(body.contains("from 0 to 50"), "{body}");
+    drop(child);
+}
+
+/// `stallscope upstream` serves the slow endpoint alone (docker-compose runs it this way).
+#[tokio::test]
+async fn standalone_upstream_serves_slow_requests() {
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let child = spawn(&["upstream", "--bind", &bind]);
+    wait_healthy(&format!("http://{bind}/healthz")).await;
+    let started = std::time::Instant::now();
+    let body = reqwest::get(format!("http://{bind}/slow?ms=200"))
+        .await
+        .expect("answer")
+        .text()
+        .await
+        .expect("body");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(body, r#"{"slept_ms":200}"#);
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
+        .await
+        .expect("exits")
+        .expect("wait")
+        .status;
+    assert!(status.success());
+}
