@@ -1,21 +1,55 @@
 //! The one way this service runs synchronous code on Tokio's blocking pool.
 //!
 //! Every variant that offloads work calls [`run_blocking`] instead of bare
-//! `tokio::task::spawn_blocking`, naming its call site, so the pool's use can be measured per
-//! call site in one place.
+//! `tokio::task::spawn_blocking`, naming its call site. That is what makes blocking-pool
+//! saturation visible: per call site, how long jobs queued for a thread (above zero only when
+//! the pool is at `--max-blocking-threads`), how long they ran, and how many are in flight.
+
+use std::time::Instant;
 
 use crate::error::AppError;
+use crate::telemetry::metric_names::{BLOCKING_IN_FLIGHT, BLOCKING_QUEUE_WAIT, BLOCKING_RUN};
 
 /// Runs `work` on the blocking pool and waits for it without holding a worker.
 ///
-/// `call_site` names the caller (e.g. `"sleep/spawn-blocking"`). A panic inside `work`
-/// becomes [`AppError::Internal`], never a crashed worker.
+/// `call_site` names the caller (e.g. `"sleep/spawn-blocking"`); it is a metric label, so it
+/// must be a literal. A panic inside `work` becomes [`AppError::Internal`], never a crashed
+/// worker.
 pub async fn run_blocking<T, F>(call_site: &'static str, work: F) -> Result<T, AppError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| AppError::Internal(format!("{call_site}: blocking task failed: {err}")))
+    let submitted = Instant::now();
+    let in_flight = InFlight::enter(call_site);
+    tokio::task::spawn_blocking(move || {
+        // Moved in here so the gauge drops when the job ends, even if the awaiting request
+        // was cancelled long before.
+        let _in_flight = in_flight;
+        metrics::histogram!(BLOCKING_QUEUE_WAIT, "call_site" => call_site)
+            .record(submitted.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let output = work();
+        metrics::histogram!(BLOCKING_RUN, "call_site" => call_site)
+            .record(started.elapsed().as_secs_f64());
+        output
+    })
+    .await
+    .map_err(|err| AppError::Internal(format!("{call_site}: blocking task failed: {err}")))
+}
+
+/// Counts a job in `stallscope_blocking_in_flight` from submission until it is dropped.
+struct InFlight(&'static str);
+
+impl InFlight {
+    fn enter(call_site: &'static str) -> Self {
+        metrics::gauge!(BLOCKING_IN_FLIGHT, "call_site" => call_site).increment(1.0);
+        Self(call_site)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(BLOCKING_IN_FLIGHT, "call_site" => self.0).decrement(1.0);
+    }
 }

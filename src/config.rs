@@ -129,6 +129,69 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub upstream: UpstreamClientArgs,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl ServeArgs {
+    /// The settings `stallscope serve` would use with no flags (environment variables still
+    /// apply). The experiment and the tests start from these and change what they need.
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Defaults::parse_from(["stallscope"]).serve
+    }
+}
+
+/// Thresholds and intervals of the stall detectors and the metrics endpoint.
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryArgs {
+    /// A poll that holds a worker longer than this is a stall: the watchdog reports it while
+    /// it is still running.
+    #[arg(long, env = "STALLSCOPE_STALL_THRESHOLD_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_threshold_ms: u64,
+
+    /// How often the watchdog thread looks at the workers.
+    #[arg(long, env = "STALLSCOPE_WATCHDOG_SCAN_MS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub watchdog_scan_ms: u64,
+
+    /// Polls longer than this count as slow in the per-variant task monitors. tokio-metrics
+    /// defaults to 50 µs, which flags ordinary JSON encoding; 1 ms is long enough that a slow
+    /// poll always means real blocking or heavy CPU, and short enough to catch it early.
+    #[arg(long, env = "STALLSCOPE_SLOW_POLL_THRESHOLD_US", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub slow_poll_threshold_us: u64,
+
+    /// The executor-lag canary's tick.
+    #[arg(long, env = "STALLSCOPE_CANARY_INTERVAL_MS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub canary_interval_ms: u64,
+
+    /// Also serve `/metrics` on this address, from a thread and runtime of its own, so it can
+    /// be scraped while the service runtime is stalled.
+    #[arg(long, env = "STALLSCOPE_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+}
+
+impl TelemetryArgs {
+    pub fn stall_threshold(&self) -> Duration {
+        Duration::from_millis(self.stall_threshold_ms)
+    }
+    pub fn watchdog_scan_interval(&self) -> Duration {
+        Duration::from_millis(self.watchdog_scan_ms)
+    }
+    pub fn slow_poll_threshold(&self) -> Duration {
+        Duration::from_micros(self.slow_poll_threshold_us)
+    }
+    pub fn canary_interval(&self) -> Duration {
+        Duration::from_millis(self.canary_interval_ms)
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -4,6 +4,7 @@
 //! Each lesson (`routes::sleep`, `routes::cpu`, `routes::upstream`) has a correct and a
 //! stalling variant. [`app`] builds the real router so tests exercise exactly what ships.
 
+pub mod background;
 pub mod blocking;
 pub mod config;
 pub mod error;

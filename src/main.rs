@@ -1,7 +1,6 @@
 use clap::Parser;
 
 use stallscope::config::{Cli, Command};
-use stallscope::upstream::BackgroundUpstream;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -23,7 +22,7 @@ fn main() -> std::process::ExitCode {
 
 /// `stallscope upstream`: the slow upstream alone, until SIGINT/SIGTERM.
 fn run_upstream(bind: std::net::SocketAddr) -> anyhow::Result<()> {
-    let upstream = BackgroundUpstream::start(bind)?;
+    let upstream = stallscope::upstream::start_in_background(bind)?;
     tracing::info!(addr = %upstream.addr(), "slow upstream serving GET /slow?ms=N");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -5,23 +5,26 @@
 //! the poll-time histogram that shows how long each task poll held a worker.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::runtime::{Builder, HistogramConfiguration, LogHistogram, Runtime};
 
 use crate::config::RuntimeArgs;
+use crate::telemetry::watchdog::Watchdog;
 
 /// Prefix of every thread the service runtime starts: workers and blocking-pool threads share
 /// it (Tokio starts workers through the same spawner), so `thread` fields in responses and logs
 /// read `stallscope-rt-N`.
 pub const THREAD_PREFIX: &str = "stallscope-rt";
 
-/// Builds the multi-threaded runtime the service runs on.
+/// Builds the multi-threaded runtime the service runs on, with the stall watchdog's
+/// task-poll hooks installed.
 ///
 /// It is always the multi-thread flavour, even with one worker: `block_in_place` only works
 /// there, and the lessons compare it with the other fixes on equal terms.
-pub fn build(args: &RuntimeArgs) -> io::Result<Runtime> {
+pub fn build(args: &RuntimeArgs, watchdog: &Arc<Watchdog>) -> io::Result<Runtime> {
     let mut builder = Builder::new_multi_thread();
     builder
         .worker_threads(args.worker_threads())
@@ -33,6 +36,10 @@ pub fn build(args: &RuntimeArgs) -> io::Result<Runtime> {
         .enable_all()
         .enable_metrics_poll_time_histogram()
         .metrics_poll_time_histogram_configuration(poll_histogram(args));
+    let (before, after) = (Arc::clone(watchdog), Arc::clone(watchdog));
+    builder
+        .on_before_task_poll(move |meta| before.before_poll(meta))
+        .on_after_task_poll(move |_| after.after_poll());
     builder.build()
 }
 

@@ -8,40 +8,60 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::background::BackgroundServer;
 use crate::config::ServeArgs;
 use crate::state::AppState;
-use crate::upstream::BackgroundUpstream;
+use crate::telemetry::Telemetry;
 
 /// Everything the service needs before its runtime starts.
 struct Prepared {
     state: AppState,
     shutdown: CancellationToken,
-    /// Keeps the in-process upstream alive as long as the service.
-    upstream: Option<BackgroundUpstream>,
+    runtime: tokio::runtime::Runtime,
+    /// Keep the in-process upstream and the admin listener alive as long as the service.
+    helpers: Vec<BackgroundServer>,
 }
 
 fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
-    let (upstream, base_url) = match &args.upstream.upstream_url {
-        Some(url) => (None, url.clone()),
+    let mut helpers = Vec::new();
+    let base_url = match &args.upstream.upstream_url {
+        Some(url) => url.clone(),
         None => {
-            let upstream = BackgroundUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)))
-                .context("could not start the in-process slow upstream")?;
+            let upstream =
+                crate::upstream::start_in_background(SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .context("could not start the in-process slow upstream")?;
             let url = upstream.base_url();
             tracing::info!(%url, "started the in-process slow upstream on its own thread");
-            (Some(upstream), url)
+            helpers.push(upstream);
+            url
         }
     };
+    let telemetry = Telemetry::new(&args.telemetry);
+    if let Some(bind) = args.telemetry.metrics_bind {
+        let admin = BackgroundServer::start(
+            "metrics-admin",
+            bind,
+            crate::routes::admin_router(&telemetry),
+        )
+        .with_context(|| format!("could not serve /metrics on {bind}"))?;
+        tracing::info!(addr = %admin.addr(), "serving /metrics from its own thread");
+        helpers.push(admin);
+    }
+    let runtime = crate::runtime::build(&args.runtime, &telemetry.watchdog)
+        .context("could not build the runtime")?;
     let shutdown = CancellationToken::new();
     let state = AppState::new(
         args.limits.clone(),
         base_url,
         args.upstream.timeout(),
         shutdown.clone(),
+        telemetry,
     )?;
     Ok(Prepared {
         state,
         shutdown,
-        upstream,
+        runtime,
+        helpers,
     })
 }
 
@@ -53,6 +73,7 @@ async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
+    state.telemetry.start()?;
     let app = crate::app(state);
     let drained =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -71,8 +92,12 @@ async fn serve(
 
 /// `stallscope serve`: runs until SIGINT or SIGTERM, drains, and returns.
 pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<()> {
-    let prepared = prepare(args)?;
-    let runtime = crate::runtime::build(&args.runtime).context("could not build the runtime")?;
+    let Prepared {
+        state,
+        shutdown,
+        runtime,
+        helpers,
+    } = prepare(args)?;
     let grace = Duration::from_millis(args.shutdown_grace_ms);
     let result = runtime.block_on(async {
         let listener = TcpListener::bind(args.bind)
@@ -83,17 +108,19 @@ pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<()> {
             workers = args.runtime.worker_threads(),
             "stallscope is serving; open /docs for the API"
         );
-        let shutdown = prepared.shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown signal received; draining in-flight requests");
-            shutdown.cancel();
-        });
-        serve(listener, prepared.state, prepared.shutdown, grace)
+        let on_signal = shutdown.clone();
+        tokio::task::Builder::new()
+            .name("signal-listener")
+            .spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutdown signal received; draining in-flight requests");
+                on_signal.cancel();
+            })?;
+        serve(listener, state, shutdown, grace)
             .await
             .context("the server failed")
     });
-    drop(prepared.upstream);
+    drop(helpers);
     // Blocking-pool threads still sleeping for a stalled request must not hold up exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
@@ -135,27 +162,30 @@ pub struct RunningService {
     addr: SocketAddr,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
-    _upstream: Option<BackgroundUpstream>,
+    _helpers: Vec<BackgroundServer>,
 }
 
 impl RunningService {
     /// Builds the runtime, binds `args.bind` (use port 0 for an ephemeral port) and serves.
     pub fn start(args: &ServeArgs) -> anyhow::Result<Self> {
-        let prepared = prepare(args)?;
-        let runtime =
-            crate::runtime::build(&args.runtime).context("could not build the runtime")?;
+        let Prepared {
+            state,
+            shutdown,
+            runtime,
+            helpers,
+        } = prepare(args)?;
         let listener = std::net::TcpListener::bind(args.bind)
             .with_context(|| format!("could not listen on {}", args.bind))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let grace = Duration::from_millis(args.shutdown_grace_ms);
-        let (state, shutdown) = (prepared.state, prepared.shutdown.clone());
+        let service_shutdown = shutdown.clone();
         let thread = std::thread::Builder::new()
             .name("stallscope-service".into())
             .spawn(move || {
                 let result = runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
-                    serve(listener, state, shutdown, grace).await
+                    serve(listener, state, service_shutdown, grace).await
                 });
                 if let Err(err) = result {
                     tracing::error!(%err, "the in-process service failed");
@@ -164,9 +194,9 @@ impl RunningService {
             })?;
         Ok(Self {
             addr,
-            shutdown: prepared.shutdown,
+            shutdown,
             thread: Some(thread),
-            _upstream: prepared.upstream,
+            _helpers: helpers,
         })
     }
 

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::LimitArgs;
 use crate::error::AppError;
+use crate::telemetry::Telemetry;
 
 /// Everything handlers share. Cheap to clone: every field is a handle.
 #[derive(Clone)]
@@ -18,6 +19,7 @@ pub struct AppState {
     pub cpu_pool: Arc<rayon::ThreadPool>,
     /// Cancelled when shutdown begins: `/readyz` turns 503 and the server drains.
     pub shutdown: CancellationToken,
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl AppState {
@@ -27,6 +29,7 @@ impl AppState {
         upstream_base_url: String,
         upstream_timeout: Duration,
         shutdown: CancellationToken,
+        telemetry: Arc<Telemetry>,
     ) -> Result<Self, StateError> {
         let cpu_pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("rayon-cpu-{i}"))
@@ -36,6 +39,7 @@ impl AppState {
             upstream: UpstreamClients::new(upstream_base_url, upstream_timeout)?,
             cpu_pool: Arc::new(cpu_pool),
             shutdown,
+            telemetry,
         })
     }
 }

@@ -8,14 +8,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::background::BackgroundServer;
+use crate::error::AppError;
+use crate::routes::params::QueryParams;
 use axum::extract::RawQuery;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-
-use crate::error::AppError;
-use crate::routes::params::QueryParams;
 
 /// The upstream never sleeps longer than this, whatever it is asked.
 pub const MAX_UPSTREAM_DELAY_MS: u64 = 60_000;
@@ -34,70 +33,7 @@ async fn slow(RawQuery(query): RawQuery) -> Result<Json<Value>, AppError> {
     Ok(Json(json!({ "slept_ms": ms })))
 }
 
-/// A running in-process upstream; dropping it stops the server and joins its thread.
-pub struct BackgroundUpstream {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl BackgroundUpstream {
-    /// Binds `bind` now (so the address is known and errors surface here), then serves on a
-    /// new OS thread named `slow-upstream` with a current-thread runtime of its own.
-    pub fn start(bind: SocketAddr) -> std::io::Result<Self> {
-        let listener = std::net::TcpListener::bind(bind)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let thread = std::thread::Builder::new()
-            .name("slow-upstream".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(err) => {
-                            tracing::error!(%err, "slow upstream could not listen");
-                            return;
-                        }
-                    };
-                    let shutdown = async {
-                        let _ = stopped.await;
-                    };
-                    if let Err(err) = axum::serve(listener, router())
-                        .with_graceful_shutdown(shutdown)
-                        .await
-                    {
-                        tracing::error!(%err, "slow upstream stopped");
-                    }
-                });
-            })?;
-        Ok(Self {
-            addr,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Base URL for the upstream clients, e.g. `http://127.0.0.1:41234`.
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for BackgroundUpstream {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+/// Starts the slow upstream on its own thread and runtime (see [`BackgroundServer`]).
+pub fn start_in_background(bind: SocketAddr) -> std::io::Result<BackgroundServer> {
+    BackgroundServer::start("slow-upstream", bind, router())
 }

@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use stallscope::config::LimitArgs;
-use stallscope::upstream::BackgroundUpstream;
+use stallscope::config::{LimitArgs, ServeArgs};
+use stallscope::telemetry::Telemetry;
 use stallscope::{AppState, app};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -27,6 +27,7 @@ fn app_with_upstream(upstream_url: &str, timeout: Duration) -> Router {
         upstream_url.to_owned(),
         timeout,
         CancellationToken::new(),
+        Telemetry::new(&ServeArgs::defaults().telemetry),
     )
     .expect("state");
     app(state)
@@ -187,8 +188,8 @@ async fn unknown_paths_and_methods_are_problems() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_variant_answers_with_a_work_report() {
-    let upstream =
-        BackgroundUpstream::start("127.0.0.1:0".parse().expect("addr")).expect("upstream");
+    let upstream = stallscope::upstream::start_in_background("127.0.0.1:0".parse().expect("addr"))
+        .expect("upstream");
     let cases = [
         ("/sleep/async?ms=5", "sleep", "async"),
         ("/sleep/blocking?ms=5", "sleep", "blocking"),
@@ -249,8 +250,8 @@ async fn upstream_failures_map_to_502_and_timeouts_to_504() {
         let (status, doc) = problem(test_app(), &uri).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{uri}: {doc}");
     }
-    let upstream =
-        BackgroundUpstream::start("127.0.0.1:0".parse().expect("addr")).expect("upstream");
+    let upstream = stallscope::upstream::start_in_background("127.0.0.1:0".parse().expect("addr"))
+        .expect("upstream");
     for variant in ["async", "blocking", "spawn-blocking"] {
         let app = app_with_upstream(&upstream.base_url(), Duration::from_millis(100));
         let uri = format!("/upstream/{variant}?ms=1000");
@@ -289,6 +290,7 @@ async fn readyz_fails_once_shutdown_begins() {
         "http://127.0.0.1:9".into(),
         Duration::from_secs(1),
         shutdown.clone(),
+        Telemetry::new(&ServeArgs::defaults().telemetry),
     )
     .expect("state");
     shutdown.cancel();

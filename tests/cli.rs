@@ -26,10 +26,10 @@ fn spawn(args: &[&str]) -> Child {
 async fn wait_healthy(url: &str) {
     let client = reqwest::Client::new();
     for _ in 0..200 {
-        if let Ok(response) = client.get(url).send().await {
-            if response.status().is_success() {
-                return;
-            }
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

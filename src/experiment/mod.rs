@@ -17,7 +17,7 @@ use serde::Serialize;
 
 pub use report::{Verdict, render_table};
 
-use crate::config::{LimitArgs, RuntimeArgs, ServeArgs, UpstreamClientArgs, available_cpus};
+use crate::config::{ServeArgs, available_cpus};
 use crate::routes::cpu::CpuVariant;
 use crate::routes::sleep::SleepVariant;
 use crate::routes::upstream::UpstreamVariant;
@@ -172,24 +172,14 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<()> {
 }
 
 fn start_in_process(args: &ExperimentArgs) -> anyhow::Result<RunningService> {
-    let serve = ServeArgs {
-        bind: "127.0.0.1:0".parse()?,
-        shutdown_grace_ms: 1_000,
-        runtime: RuntimeArgs {
-            workers: Some(args.workers),
-            max_blocking_threads: 512,
-            poll_histogram_min_us: 10,
-            poll_histogram_max_ms: 10_000,
-        },
-        limits: LimitArgs {
-            max_sleep_ms: 10_000,
-            max_cpu_iterations: u64::MAX,
-        },
-        upstream: UpstreamClientArgs {
-            upstream_url: None,
-            upstream_timeout_ms: 30_000,
-        },
-    };
+    let mut serve = ServeArgs::defaults();
+    serve.bind = "127.0.0.1:0".parse()?;
+    serve.shutdown_grace_ms = 1_000;
+    serve.runtime.workers = Some(args.workers);
+    serve.limits.max_cpu_iterations = u64::MAX;
+    serve.upstream.upstream_url = None;
+    serve.upstream.upstream_timeout_ms = 30_000;
+    serve.telemetry.metrics_bind = None;
     RunningService::start(&serve)
 }
 

@@ -2,20 +2,24 @@
 
 pub mod cpu;
 pub mod health;
+pub mod metrics;
 pub mod params;
 pub mod report;
 pub mod sleep;
 pub mod upstream;
 pub(crate) mod variant;
 
-use axum::Router;
+use std::sync::Arc;
+
 use axum::http::Uri;
 use axum::routing::get;
+use axum::{Router, middleware};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::AppError;
 use crate::state::AppState;
+use crate::telemetry::{Telemetry, route_layer};
 
 /// Route templates of the lessons, as they appear in metrics and spans.
 pub const SLEEP_ROUTE: &str = "/sleep/{variant}";
@@ -32,6 +36,7 @@ pub const UPSTREAM_ROUTE: &str = "/upstream/{variant}";
         health::healthz,
         health::readyz,
         health::hello,
+        metrics::metrics,
         sleep::handler,
         cpu::handler,
         upstream::handler
@@ -45,19 +50,55 @@ pub const UPSTREAM_ROUTE: &str = "/upstream/{variant}";
 )]
 pub struct ApiDoc;
 
-/// All routes, with `state` applied.
+/// The variant names of a lesson route template, for bounded metric labels.
+pub fn variants_of(route: &str) -> Option<&'static [&'static str]> {
+    match route {
+        SLEEP_ROUTE => Some(sleep::SleepVariant::NAMES),
+        CPU_ROUTE => Some(cpu::CpuVariant::NAMES),
+        UPSTREAM_ROUTE => Some(upstream::UpstreamVariant::NAMES),
+        _ => None,
+    }
+}
+
+/// All routes, with `state` applied, behind the telemetry route layer.
 pub fn router(state: AppState) -> Router {
+    let telemetry = Arc::clone(&state.telemetry);
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/hello", get(health::hello))
+        .route("/metrics", get(metrics::metrics))
         .route(SLEEP_ROUTE, get(sleep::handler))
         .route(CPU_ROUTE, get(cpu::handler))
         .route(UPSTREAM_ROUTE, get(upstream::handler))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            telemetry,
+            route_layer::observe,
+        ))
         .with_state(state)
+}
+
+/// `/metrics` and `/healthz` alone, for the admin listener on its own thread: it reads the
+/// service's telemetry but runs none of its handlers.
+pub fn admin_router(telemetry: &Arc<Telemetry>) -> Router {
+    let telemetry = Arc::clone(telemetry);
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let telemetry = Arc::clone(&telemetry);
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                        telemetry.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(health::healthz))
 }
 
 async fn not_found(uri: Uri) -> AppError {

@@ -1,11 +1,28 @@
-//! Logs (and, as the project grows, metrics and traces): one place, never sprinkled through
-//! handlers.
+//! Everything that observes the service, in one cross-cutting place: logs, the metrics
+//! recorder, per-variant task monitors, runtime figures, the executor-lag canary and the
+//! stall watchdog. Handlers are never instrumented by hand; the route layer does it.
+
+pub mod canary;
+pub mod exposition;
+pub mod metric_names;
+pub mod route_layer;
+pub mod task_monitors;
+pub mod watchdog;
 
 use std::io::IsTerminal;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::runtime::Handle;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::TelemetryArgs;
+use exposition::Exposition;
+use task_monitors::TaskMonitors;
+use watchdog::Watchdog;
 
 /// Installs the global subscriber: `RUST_LOG`-style filtering (default `info`), human-readable
 /// logs on stderr. Safe to call twice (the second call does nothing).
@@ -19,4 +36,102 @@ pub fn init_logging() {
                 .with_ansi(std::io::stderr().is_terminal()),
         )
         .try_init();
+}
+
+/// The service's telemetry: one per running service.
+pub struct Telemetry {
+    prometheus: PrometheusHandle,
+    pub tasks: TaskMonitors,
+    pub watchdog: Arc<Watchdog>,
+    /// The service runtime, known once it runs; `/metrics` reads its figures from any thread.
+    runtime: OnceLock<Handle>,
+    settings: TelemetryArgs,
+}
+
+impl Telemetry {
+    pub fn new(settings: &TelemetryArgs) -> Arc<Self> {
+        Arc::new(Self {
+            prometheus: prometheus_handle(),
+            tasks: TaskMonitors::new(settings.slow_poll_threshold()),
+            watchdog: Watchdog::new(settings.stall_threshold()),
+            runtime: OnceLock::new(),
+            settings: settings.clone(),
+        })
+    }
+
+    /// Starts what runs beside the service, on the current (service) runtime: the canary,
+    /// the recorder's upkeep, and the watchdog's scanning thread.
+    pub fn start(&self) -> std::io::Result<()> {
+        let _ = self.runtime.set(Handle::current());
+        canary::spawn(self.settings.canary_interval())?;
+        let prometheus = self.prometheus.clone();
+        tokio::task::Builder::new()
+            .name("metrics-upkeep")
+            .spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    prometheus.run_upkeep();
+                }
+            })?;
+        self.watchdog
+            .spawn_scanner(self.settings.watchdog_scan_interval())
+    }
+
+    /// The whole `/metrics` document.
+    pub fn render(&self) -> String {
+        let mut scraped = Exposition::default();
+        if let Some(runtime) = self
+            .runtime
+            .get()
+            .cloned()
+            .or_else(|| Handle::try_current().ok())
+        {
+            exposition::render_runtime(&mut scraped, &runtime.metrics());
+        }
+        exposition::render_tasks(&mut scraped, &self.tasks.snapshot());
+        let mut text = self.prometheus.render();
+        text.push_str(&scraped.into_string());
+        text
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.watchdog.stop();
+    }
+}
+
+/// The process-wide `metrics` recorder, installed on first use. Histograms get explicit
+/// buckets (never summaries), so Prometheus can aggregate and compute quantiles itself.
+fn prometheus_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            use metric_names::*;
+            let builder = PrometheusBuilder::new();
+            let builder = [
+                (HTTP_REQUEST_DURATION, REQUEST_BUCKETS),
+                (STALL_DURATION, REQUEST_BUCKETS),
+                (BLOCKING_RUN, REQUEST_BUCKETS),
+                (EXECUTOR_LAG, LAG_BUCKETS),
+                (BLOCKING_QUEUE_WAIT, LAG_BUCKETS),
+            ]
+            .into_iter()
+            .fold(builder, |builder, (name, buckets)| {
+                builder
+                    .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+                    .unwrap_or_else(|err| panic!("bucket list for {name} is empty: {err}"))
+            });
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "a metrics recorder was already installed; /metrics shows only runtime figures"
+                );
+            }
+            describe();
+            handle
+        })
+        .clone()
 }

@@ -5,29 +5,20 @@
 use std::time::Instant;
 
 use futures::future::join_all;
-use stallscope::config::{LimitArgs, RuntimeArgs, ServeArgs, UpstreamClientArgs};
+use stallscope::config::ServeArgs;
 use stallscope::server::RunningService;
 
 /// Service settings for tests: loopback, ephemeral port, `workers` workers.
 pub fn serve_args(workers: u16) -> ServeArgs {
-    ServeArgs {
-        bind: "127.0.0.1:0".parse().expect("literal address"),
-        shutdown_grace_ms: 2_000,
-        runtime: RuntimeArgs {
-            workers: Some(workers),
-            max_blocking_threads: 64,
-            poll_histogram_min_us: 10,
-            poll_histogram_max_ms: 10_000,
-        },
-        limits: LimitArgs {
-            max_sleep_ms: 10_000,
-            max_cpu_iterations: 1_000_000_000,
-        },
-        upstream: UpstreamClientArgs {
-            upstream_url: None,
-            upstream_timeout_ms: 10_000,
-        },
-    }
+    let mut args = ServeArgs::defaults();
+    args.bind = "127.0.0.1:0".parse().expect("literal address");
+    args.shutdown_grace_ms = 2_000;
+    args.runtime.workers = Some(workers);
+    args.runtime.max_blocking_threads = 64;
+    args.limits.max_cpu_iterations = 1_000_000_000;
+    args.upstream.upstream_url = None;
+    args.upstream.upstream_timeout_ms = 10_000;
+    args
 }
 
 /// Starts the real service (own thread, own runtime) and waits until it answers.

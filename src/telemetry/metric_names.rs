@@ -1,0 +1,74 @@
+//! Every metric name in one place, with its help text. Dashboards, alert rules and the
+//! README's table use these names; `promtool check metrics` checks them in `scripts/test`.
+
+/// OpenTelemetry HTTP semantic conventions (`http.server.request.duration`), Prometheus style.
+pub const HTTP_REQUEST_DURATION: &str = "http_server_request_duration_seconds";
+pub const HTTP_ACTIVE_REQUESTS: &str = "http_server_active_requests";
+
+pub const EXECUTOR_LAG: &str = "stallscope_executor_lag_seconds";
+
+pub const STALLS: &str = "stallscope_stalls_total";
+pub const STALLS_IN_PROGRESS: &str = "stallscope_stalls_in_progress";
+pub const STALL_DURATION: &str = "stallscope_stall_duration_seconds";
+
+pub const BLOCKING_QUEUE_WAIT: &str = "stallscope_blocking_queue_wait_seconds";
+pub const BLOCKING_RUN: &str = "stallscope_blocking_run_seconds";
+pub const BLOCKING_IN_FLIGHT: &str = "stallscope_blocking_in_flight";
+
+/// Buckets for request-scale durations (1 ms … 30 s).
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 7.5,
+    10.0, 15.0, 30.0,
+];
+
+/// Buckets for lag and queue waits, which are healthy well under a millisecond.
+pub const LAG_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Registers help text and units with the `metrics` facade (emitted as `# HELP`).
+pub(crate) fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Duration of HTTP server requests, by route template, method and status code."
+    );
+    describe_gauge!(
+        HTTP_ACTIVE_REQUESTS,
+        "HTTP server requests in flight, by route template and method."
+    );
+    describe_histogram!(
+        EXECUTOR_LAG,
+        Unit::Seconds,
+        "How late the canary's 10 ms tick fired: time a ready task waits for a worker."
+    );
+    describe_counter!(
+        STALLS,
+        "Polls that held a runtime worker longer than the stall threshold, by route and variant (route=\"task\": not an HTTP request)."
+    );
+    describe_gauge!(
+        STALLS_IN_PROGRESS,
+        "Stalls the watchdog has reported that are still blocking a worker right now."
+    );
+    describe_histogram!(
+        STALL_DURATION,
+        Unit::Seconds,
+        "Full length of each stalling poll, recorded when it ends."
+    );
+    describe_histogram!(
+        BLOCKING_QUEUE_WAIT,
+        Unit::Seconds,
+        "Time a blocking-pool job waited between submission and start, by call site."
+    );
+    describe_histogram!(
+        BLOCKING_RUN,
+        Unit::Seconds,
+        "Time a blocking-pool job ran, by call site."
+    );
+    describe_gauge!(
+        BLOCKING_IN_FLIGHT,
+        "Blocking-pool jobs submitted and not finished (queued or running), by call site."
+    );
+}

@@ -1,0 +1,180 @@
+//! The one layer every request passes through on its way to a handler: it resolves the
+//! bounded labels (route template, variant), instruments the handler future with the
+//! variant's task monitor, tags each poll for the stall watchdog, and records the HTTP
+//! metrics of the OpenTelemetry semantic conventions. Handlers know nothing of it.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::Telemetry;
+use super::metric_names::{HTTP_ACTIVE_REQUESTS, HTTP_REQUEST_DURATION};
+use super::watchdog::{RequestTag, Watchdog};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// `http_route` of requests that matched no route: one value for all of them.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+/// `variant` of routes without variants, and of unknown variant names.
+pub const NO_VARIANT: &str = "none";
+pub const INVALID_VARIANT: &str = "invalid";
+
+/// axum middleware (`from_fn_with_state`): see the module docs.
+pub async fn observe(
+    State(telemetry): State<Arc<Telemetry>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED_ROUTE, |m| intern(m.as_str()));
+    let variant = variant_label(route, request.uri().path());
+    let method = method_label(request.method());
+    let request_id = request_id(&request);
+
+    let active = metrics::gauge!(HTTP_ACTIVE_REQUESTS, "http_route" => route, "http_request_method" => method);
+    active.increment(1.0);
+    let tag = Arc::new(RequestTag {
+        route,
+        variant,
+        request_id: request_id.clone(),
+        on_stall: None,
+    });
+    let handler = TaggedPolls {
+        inner: Box::pin(next.run(request)),
+        tag,
+        watchdog: Arc::clone(&telemetry.watchdog),
+    };
+    let mut response = telemetry
+        .tasks
+        .get(route, variant)
+        .instrument(handler)
+        .await;
+    active.decrement(1.0);
+
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(
+        HTTP_REQUEST_DURATION,
+        "http_route" => route,
+        "http_request_method" => method,
+        "http_response_status_code" => status,
+    )
+    .record(started.elapsed().as_secs_f64());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Tells the watchdog, at every poll, which request the running poll belongs to.
+struct TaggedPolls<F> {
+    inner: Pin<Box<F>>,
+    tag: Arc<RequestTag>,
+    watchdog: Arc<Watchdog>,
+}
+
+impl<F: Future> Future for TaggedPolls<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.watchdog.tag_current_poll(&self.tag);
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// Route templates as `&'static str`: there are as many as the router has routes, so each
+/// is leaked once and reused.
+fn intern(template: &str) -> &'static str {
+    static TEMPLATES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut templates = TEMPLATES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let templates = templates.get_or_insert_with(HashSet::new);
+    if let Some(&known) = templates.get(template) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(template.to_owned().into_boxed_str());
+    templates.insert(leaked);
+    leaked
+}
+
+/// The `{variant}` segment of a lesson route, if it names one of the lesson's variants.
+fn variant_label(route: &str, path: &str) -> &'static str {
+    let Some(names) = crate::routes::variants_of(route) else {
+        return NO_VARIANT;
+    };
+    let Some(position) = route.split('/').position(|s| s == "{variant}") else {
+        return NO_VARIANT;
+    };
+    path.split('/')
+        .nth(position)
+        .and_then(|given| names.iter().copied().find(|name| *name == given))
+        .unwrap_or(INVALID_VARIANT)
+}
+
+/// Known methods by name, anything else `_OTHER` (OpenTelemetry's rule, bounded labels).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+/// The client's `x-request-id` when it is short printable ASCII, else a new one.
+fn request_id(request: &Request) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(
+            || format!("req-{:08x}", NEXT.fetch_add(1, Ordering::Relaxed)),
+            str::to_owned,
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_labels_are_bounded() {
+        assert_eq!(
+            variant_label("/sleep/{variant}", "/sleep/blocking"),
+            "blocking"
+        );
+        assert_eq!(
+            variant_label("/sleep/{variant}", "/sleep/x1234"),
+            INVALID_VARIANT
+        );
+        assert_eq!(variant_label("/hello", "/hello"), NO_VARIANT);
+        assert_eq!(variant_label(UNMATCHED_ROUTE, "/a/b/c"), NO_VARIANT);
+    }
+
+    #[test]
+    fn interned_templates_are_reused() {
+        let a = intern("/cpu/{variant}");
+        let b = intern(&String::from("/cpu/{variant}"));
+        assert!(std::ptr::eq(a, b));
+    }
+}

@@ -1,0 +1,312 @@
+//! The live stall watchdog: names the route that is blocking a worker *while it blocks*.
+//!
+//! Every runtime worker owns a [`Slot`]. Tokio's task-poll hooks (`on_before_task_poll`,
+//! `on_after_task_poll`, `tokio_unstable`) stamp the slot when a poll starts and clear it
+//! when it ends; the route layer adds which request the poll belongs to. A plain OS thread,
+//! outside the runtime so a stalled runtime cannot stall it, scans the slots every few ms. A
+//! poll running past the threshold is reported once, right away: a WARN event, a counter, a
+//! gauge of stalls in progress. When the poll finally ends, its full length goes into a
+//! histogram.
+//!
+//! Detection latency is at most threshold + one scan interval (plus scheduling noise of the
+//! watchdog thread itself): the poll is seen on the first scan after it crosses the threshold.
+
+use std::cell::RefCell;
+use std::hash::{Hash, Hasher};
+use std::panic::Location;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::TaskMeta;
+
+use super::metric_names::{STALL_DURATION, STALLS, STALLS_IN_PROGRESS};
+
+/// Label values used for polls that belong to no HTTP request (background tasks).
+pub const NON_REQUEST_ROUTE: &str = "task";
+pub const NON_REQUEST_VARIANT: &str = "none";
+
+/// Which request a poll belongs to; set by the route layer, read by the watchdog.
+pub struct RequestTag {
+    pub route: &'static str,
+    pub variant: &'static str,
+    pub request_id: String,
+    /// Called once when the watchdog reports a stall of this request (the trace layer uses it
+    /// to put an event on the request's span).
+    pub on_stall: Option<Box<dyn Fn(&StallReport) + Send + Sync>>,
+}
+
+/// What the watchdog knows about a stall it just found.
+#[derive(Debug, Clone)]
+pub struct StallReport {
+    pub worker: String,
+    pub elapsed: Duration,
+}
+
+/// One worker's current poll.
+struct Slot {
+    worker: String,
+    /// Incremented at every poll start; tells one poll from the next.
+    seq: AtomicU64,
+    /// Nanoseconds since the watchdog's epoch when the current poll started; 0 = idle.
+    started_ns: AtomicU64,
+    task_id: AtomicU64,
+    spawned_at: AtomicPtr<Location<'static>>,
+    request: Mutex<Option<Arc<RequestTag>>>,
+    /// The `seq` of the poll the watchdog reported, 0 if none; the lock orders the report
+    /// against the poll's end so "in progress" never goes negative or leaks.
+    reported_seq: Mutex<u64>,
+}
+
+/// The watchdog shared by the runtime hooks, the route layer and the scanning thread.
+pub struct Watchdog {
+    epoch: Instant,
+    threshold: Duration,
+    slots: Mutex<Vec<Weak<Slot>>>,
+    stopped: AtomicBool,
+}
+
+thread_local! {
+    /// This thread's slot, registered with the watchdog of the runtime that first polls here.
+    static SLOT: RefCell<Option<Arc<Slot>>> = const { RefCell::new(None) };
+}
+
+impl Watchdog {
+    pub fn new(threshold: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            epoch: Instant::now(),
+            threshold,
+            slots: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    pub fn threshold(&self) -> Duration {
+        self.threshold
+    }
+
+    fn now_ns(&self) -> u64 {
+        // +1 keeps 0 free to mean "idle"; u64 nanoseconds last 584 years.
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn with_slot<R>(self: &Arc<Self>, f: impl FnOnce(&Slot) -> R) -> R {
+        SLOT.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let slot = cell.get_or_insert_with(|| {
+                let slot = Arc::new(Slot {
+                    worker: crate::runtime::current_thread_name(),
+                    seq: AtomicU64::new(0),
+                    started_ns: AtomicU64::new(0),
+                    task_id: AtomicU64::new(0),
+                    spawned_at: AtomicPtr::new(std::ptr::null_mut()),
+                    request: Mutex::new(None),
+                    reported_seq: Mutex::new(0),
+                });
+                if let Ok(mut slots) = self.slots.lock() {
+                    slots.push(Arc::downgrade(&slot));
+                }
+                slot
+            });
+            f(slot)
+        })
+    }
+
+    /// Runtime hook: a task poll starts on this thread.
+    pub fn before_poll(self: &Arc<Self>, meta: &TaskMeta<'_>) {
+        let task_id = task_id_u64(meta);
+        let spawned_at = std::ptr::from_ref(meta.spawned_at()).cast_mut();
+        let now = self.now_ns();
+        self.with_slot(|slot| {
+            slot.seq.fetch_add(1, Ordering::AcqRel);
+            slot.task_id.store(task_id, Ordering::Relaxed);
+            slot.spawned_at.store(spawned_at, Ordering::Relaxed);
+            slot.started_ns.store(now, Ordering::Release);
+        });
+    }
+
+    /// Runtime hook: the task poll on this thread ended.
+    pub fn after_poll(self: &Arc<Self>) {
+        let now = self.now_ns();
+        self.with_slot(|slot| {
+            let started = slot.started_ns.swap(0, Ordering::AcqRel);
+            let request = slot.request.lock().ok().and_then(|mut r| r.take());
+            if started == 0 {
+                return;
+            }
+            let elapsed = Duration::from_nanos(now.saturating_sub(started));
+            if elapsed < self.threshold {
+                return;
+            }
+            let (route, variant) = labels(request.as_deref());
+            let seq = slot.seq.load(Ordering::Acquire);
+            let was_reported = slot.reported_seq.lock().map(|r| *r == seq).unwrap_or(false);
+            if was_reported {
+                metrics::gauge!(STALLS_IN_PROGRESS, "route" => route, "variant" => variant)
+                    .decrement(1.0);
+            } else {
+                // Ended between two scans: count it now so the counter stays exact.
+                metrics::counter!(STALLS, "route" => route, "variant" => variant).increment(1);
+            }
+            metrics::histogram!(STALL_DURATION, "route" => route, "variant" => variant)
+                .record(elapsed.as_secs_f64());
+            tracing::info!(
+                worker = %slot.worker,
+                route,
+                variant,
+                request_id = request.as_ref().map(|r| r.request_id.as_str()).unwrap_or(""),
+                elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                "stall ended"
+            );
+        });
+    }
+
+    /// Route layer: the poll running on this thread belongs to `tag`.
+    pub fn tag_current_poll(self: &Arc<Self>, tag: &Arc<RequestTag>) {
+        self.with_slot(|slot| {
+            if let Ok(mut request) = slot.request.lock() {
+                *request = Some(Arc::clone(tag));
+            }
+        });
+    }
+
+    /// One pass over the slots: report every poll past the threshold not reported yet.
+    /// Returns how many new stalls it reported.
+    pub fn scan(&self) -> usize {
+        let now = self.now_ns();
+        let threshold_ns = u64::try_from(self.threshold.as_nanos()).unwrap_or(u64::MAX);
+        let slots: Vec<Arc<Slot>> = match self.slots.lock() {
+            Ok(mut slots) => {
+                slots.retain(|slot| slot.strong_count() > 0);
+                slots.iter().filter_map(Weak::upgrade).collect()
+            }
+            Err(_) => return 0,
+        };
+        let mut reported = 0;
+        for slot in slots {
+            let seq = slot.seq.load(Ordering::Acquire);
+            let started = slot.started_ns.load(Ordering::Acquire);
+            if started == 0 || now.saturating_sub(started) < threshold_ns {
+                continue;
+            }
+            let Ok(mut reported_seq) = slot.reported_seq.lock() else {
+                continue;
+            };
+            // Re-check under the lock: the poll may have ended, or a new one begun.
+            if *reported_seq == seq
+                || slot.started_ns.load(Ordering::Acquire) == 0
+                || slot.seq.load(Ordering::Acquire) != seq
+            {
+                continue;
+            }
+            *reported_seq = seq;
+            let request = slot.request.lock().ok().and_then(|r| r.clone());
+            let (route, variant) = labels(request.as_deref());
+            metrics::counter!(STALLS, "route" => route, "variant" => variant).increment(1);
+            metrics::gauge!(STALLS_IN_PROGRESS, "route" => route, "variant" => variant)
+                .increment(1.0);
+            drop(reported_seq);
+            let elapsed = Duration::from_nanos(now.saturating_sub(started));
+            let report = StallReport {
+                worker: slot.worker.clone(),
+                elapsed,
+            };
+            match &request {
+                Some(tag) => {
+                    tracing::warn!(
+                        worker = %report.worker,
+                        route,
+                        variant,
+                        request_id = %tag.request_id,
+                        elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                        "executor stall: a poll of {route} ({variant}) has held worker {} for {} ms and is still running",
+                        report.worker,
+                        elapsed.as_millis()
+                    );
+                    if let Some(on_stall) = &tag.on_stall {
+                        on_stall(&report);
+                    }
+                }
+                None => {
+                    let spawned_at = describe_location(slot.spawned_at.load(Ordering::Relaxed));
+                    tracing::warn!(
+                        worker = %report.worker,
+                        task_id = slot.task_id.load(Ordering::Relaxed),
+                        spawned_at = %spawned_at,
+                        elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                        "executor stall: task {} spawned at {spawned_at} has held worker {} for {} ms and is still running",
+                        slot.task_id.load(Ordering::Relaxed),
+                        report.worker,
+                        elapsed.as_millis()
+                    );
+                }
+            }
+            reported += 1;
+        }
+        reported
+    }
+
+    /// Starts the scanning thread; it stops when [`Watchdog::stop`] is called or the
+    /// watchdog is dropped.
+    pub fn spawn_scanner(self: &Arc<Self>, interval: Duration) -> std::io::Result<()> {
+        let watchdog = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("stall-watchdog".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    let Some(watchdog) = watchdog.upgrade() else {
+                        return;
+                    };
+                    if watchdog.stopped.load(Ordering::Acquire) {
+                        return;
+                    }
+                    watchdog.scan();
+                }
+            })?;
+        Ok(())
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+}
+
+fn labels(request: Option<&RequestTag>) -> (&'static str, &'static str) {
+    request.map_or((NON_REQUEST_ROUTE, NON_REQUEST_VARIANT), |tag| {
+        (tag.route, tag.variant)
+    })
+}
+
+/// Tokio exposes a task id only as `Display`/`Hash`; hashing it through this hasher yields
+/// the id's `u64` without allocating on every poll.
+fn task_id_u64(meta: &TaskMeta<'_>) -> u64 {
+    struct Capture(u64);
+    impl Hasher for Capture {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for &b in bytes {
+                self.0 = (self.0 << 8) | u64::from(b);
+            }
+        }
+        fn write_u64(&mut self, n: u64) {
+            self.0 = n;
+        }
+    }
+    let mut capture = Capture(0);
+    meta.id().hash(&mut capture);
+    capture.finish()
+}
+
+/// `file:line` of a spawn location stored by [`Watchdog::before_poll`].
+fn describe_location(ptr: *mut Location<'static>) -> String {
+    if ptr.is_null() {
+        return "unknown".into();
+    }
+    // SAFETY: `ptr` was created from a `&'static Location<'static>` in `before_poll` and
+    // locations are never freed.
+    let location: &'static Location<'static> = unsafe { &*ptr };
+    format!("{}:{}", location.file(), location.line())
+}
