@@ -58,3 +58,216 @@ pub async fn completion_times(url: &str, n: usize) -> Vec<f64> {
     times.sort_by(f64::total_cmp);
     times
 }
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The real binary, with its log lines (stderr) timestamped as they arrive.
+pub struct ServiceProcess {
+    pub child: tokio::process::Child,
+    pub base_url: String,
+    /// The admin listener (`--metrics-bind`), scrapeable while the service is stalled.
+    pub admin_url: String,
+    pub logs: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
+}
+
+impl ServiceProcess {
+    /// Starts `stallscope serve` with `args` plus a bind and a metrics bind of its own.
+    pub async fn start(args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let bind = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stallscope"))
+            .arg("serve")
+            .args(["--bind", &bind, "--metrics-bind", &admin])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("binary starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, logs) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let process = Self {
+            child,
+            base_url: format!("http://{bind}"),
+            admin_url: format!("http://{admin}"),
+            logs,
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(response) = client
+                .get(format!("{}/healthz", process.base_url))
+                .send()
+                .await
+                && response.status().is_success()
+            {
+                return process;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("{} never became healthy", process.base_url);
+    }
+
+    /// Scrapes the admin `/metrics` and parses it.
+    pub async fn scrape(&self) -> Scrape {
+        let text = reqwest::get(format!("{}/metrics", self.admin_url))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text");
+        Scrape::parse(&text)
+    }
+
+    /// Log lines that arrived so far.
+    pub fn drain_logs(&mut self) -> Vec<(Instant, String)> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.logs.try_recv() {
+            lines.push(line);
+        }
+        lines
+    }
+}
+
+/// One series of a parsed `/metrics` document.
+pub struct Series {
+    pub metric: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: SeriesValue,
+}
+
+pub enum SeriesValue {
+    Scalar(f64),
+    /// Cumulative `(le, count)` buckets, the total count and the sum.
+    Histogram {
+        buckets: Vec<(f64, f64)>,
+        count: f64,
+        sum: f64,
+    },
+}
+
+impl Series {
+    fn matches(&self, metric: &str, labels: &[(&str, &str)]) -> bool {
+        self.metric == metric
+            && labels
+                .iter()
+                .all(|(k, v)| self.labels.get(*k).map(String::as_str) == Some(*v))
+    }
+}
+
+/// A parsed `/metrics` document (parsed strictly by `openmetrics-parser`, which also
+/// handles braces inside label values such as `route="/sleep/{variant}"`).
+pub struct Scrape {
+    pub text: String,
+    pub samples: Vec<Series>,
+}
+
+impl Scrape {
+    pub fn parse(text: &str) -> Self {
+        use openmetrics_parser::PrometheusValue;
+        let exposition = openmetrics_parser::prometheus::parse_prometheus(text)
+            .unwrap_or_else(|err| panic!("invalid Prometheus text ({err:?}):\n{text}"));
+        let mut samples = Vec::new();
+        for (name, family) in &exposition.families {
+            for sample in family.iter_samples() {
+                let labels = sample
+                    .get_labelset()
+                    .map(|set| set.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default();
+                let value = match &sample.value {
+                    PrometheusValue::Unknown(n) | PrometheusValue::Gauge(n) => {
+                        SeriesValue::Scalar(n.as_f64())
+                    }
+                    PrometheusValue::Counter(c) => SeriesValue::Scalar(c.value.as_f64()),
+                    PrometheusValue::Histogram(h) => SeriesValue::Histogram {
+                        buckets: h
+                            .buckets
+                            .iter()
+                            .map(|b| (b.upper_bound, b.count.as_f64()))
+                            .collect(),
+                        count: h
+                            .buckets
+                            .iter()
+                            .map(|b| b.count.as_f64())
+                            .fold(0.0, f64::max),
+                        sum: h.sum.as_ref().map_or(0.0, |s| s.as_f64()),
+                    },
+                    PrometheusValue::Summary(_) => panic!("{name} is a summary; histograms only"),
+                };
+                samples.push(Series {
+                    metric: name.clone(),
+                    labels,
+                    value,
+                });
+            }
+        }
+        Self {
+            text: text.to_owned(),
+            samples,
+        }
+    }
+
+    /// The value of the counter or gauge `metric` summed over series with all of `labels`.
+    pub fn value(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.matches(metric, labels))
+            .map(|s| match s.value {
+                SeriesValue::Scalar(v) => v,
+                SeriesValue::Histogram { .. } => panic!("{metric} is a histogram"),
+            })
+            .sum()
+    }
+
+    /// Histogram `metric` summed over series with all of `labels`: (count, sum).
+    pub fn histogram(&self, metric: &str, labels: &[(&str, &str)]) -> (f64, f64) {
+        self.samples
+            .iter()
+            .filter(|s| s.matches(metric, labels))
+            .fold((0.0, 0.0), |(count, sum), s| match &s.value {
+                SeriesValue::Histogram {
+                    count: c, sum: x, ..
+                } => (count + c, sum + x),
+                SeriesValue::Scalar(_) => panic!("{metric} is not a histogram"),
+            })
+    }
+
+    /// Observations of histogram `metric` above `le` (count − bucket{le}).
+    pub fn histogram_above(&self, metric: &str, le: f64) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.metric == metric)
+            .map(|s| match &s.value {
+                SeriesValue::Histogram { buckets, count, .. } => {
+                    let at_or_below = buckets
+                        .iter()
+                        .filter(|(bound, _)| *bound <= le)
+                        .map(|(_, c)| *c)
+                        .fold(0.0, f64::max);
+                    count - at_or_below
+                }
+                SeriesValue::Scalar(_) => panic!("{metric} is not a histogram"),
+            })
+            .sum()
+    }
+
+    /// How many distinct series `metric` has.
+    pub fn series(&self, metric: &str) -> usize {
+        self.samples.iter().filter(|s| s.metric == metric).count()
+    }
+}

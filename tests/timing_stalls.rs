@@ -1,0 +1,318 @@
+//! The stall detectors against the real binary: the watchdog names the culprit while it
+//! blocks, the canary sees the lag, task monitors blame the right variant, the blocking pool
+//! shows saturation, and labels stay bounded.
+//!
+//! Timing-sensitive: run alone (nextest group `timing`; plain `cargo test` runs test
+//! binaries one after another, and a lock serialises the tests inside this one).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{ServiceProcess, completion_times};
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+const ROUTE: &str = "/sleep/{variant}";
+
+#[tokio::test]
+async fn blocking_sleep_is_caught_while_it_stalls_and_async_sleep_is_not() {
+    let _serial = SERIAL.lock().await;
+    let mut service = ServiceProcess::start(&["--workers", "1"]).await;
+
+    // The healthy variant first: two overlapping 300 ms sleeps raise nothing.
+    completion_times(&format!("{}/sleep/async?ms=300", service.base_url), 2).await;
+    let after_async = service.scrape().await;
+    assert_eq!(
+        after_async.value("stallscope_stalls_total", &[]),
+        0.0,
+        "{}",
+        after_async.text
+    );
+    assert_eq!(
+        after_async.value("stallscope_task_slow_polls_total", &[("variant", "async")]),
+        0.0
+    );
+    assert_eq!(
+        after_async.histogram_above("stallscope_executor_lag_seconds", 0.25),
+        0.0,
+        "async sleeping must not delay the canary"
+    );
+    assert!(
+        after_async
+            .histogram("stallscope_executor_lag_seconds", &[])
+            .0
+            > 10.0,
+        "the canary ticks"
+    );
+    service.drain_logs();
+
+    // The bug: a 300 ms std::thread::sleep on the only worker.
+    let sent = Instant::now();
+    let request = tokio::spawn(reqwest::get(format!(
+        "{}/sleep/blocking?ms=300",
+        service.base_url
+    )));
+    let (seen_at, warning) = loop {
+        let (at, line) = tokio::time::timeout(Duration::from_secs(5), service.logs.recv())
+            .await
+            .expect("a log line within 5 s")
+            .expect("the log stream is open");
+        if line.contains("WARN") && line.contains("executor stall") {
+            break (at, line);
+        }
+    };
+    let detection = seen_at - sent;
+    assert!(
+        detection < Duration::from_millis(300),
+        "the watchdog must report while the 300 ms poll still runs; took {detection:?}: {warning}"
+    );
+    assert!(
+        detection >= Duration::from_millis(100),
+        "not before the threshold: {detection:?}"
+    );
+    for needle in [
+        ROUTE,
+        "variant=\"blocking\"",
+        "worker=stallscope-rt-",
+        "request_id=",
+    ] {
+        assert!(
+            warning.contains(needle),
+            "`{needle}` missing from: {warning}"
+        );
+    }
+    let response = request.await.expect("task").expect("answer");
+    assert_eq!(response.status(), 200);
+
+    let after = service.scrape().await;
+    let stalls = |variant| {
+        after.value(
+            "stallscope_stalls_total",
+            &[("route", ROUTE), ("variant", variant)],
+        )
+    };
+    assert_eq!(stalls("blocking"), 1.0, "{}", after.text);
+    assert_eq!(stalls("async"), 0.0);
+    assert_eq!(
+        after.value("stallscope_stalls_in_progress", &[]),
+        0.0,
+        "the stall ended"
+    );
+    let (stall_count, stall_seconds) = after.histogram(
+        "stallscope_stall_duration_seconds",
+        &[("route", ROUTE), ("variant", "blocking")],
+    );
+    assert_eq!(stall_count, 1.0);
+    assert!(
+        stall_seconds >= 0.29,
+        "full stall length recorded: {stall_seconds}"
+    );
+    assert!(
+        after.histogram_above("stallscope_executor_lag_seconds", 0.25) >= 1.0,
+        "the canary waited ≥ 250 ms behind the blocked worker:\n{}",
+        after.text
+    );
+    assert!(
+        after.value(
+            "stallscope_task_slow_polls_total",
+            &[("variant", "blocking")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        after.value("stallscope_task_slow_polls_total", &[("variant", "async")]),
+        0.0
+    );
+    assert!(
+        after.value(
+            "stallscope_task_slow_poll_duration_seconds_total",
+            &[("variant", "blocking")]
+        ) >= 0.29
+    );
+}
+
+/// The stalls-in-progress gauge is live: scraped (from the admin listener) during a stall
+/// it reads 1.
+#[tokio::test]
+async fn stalls_in_progress_is_visible_during_the_stall() {
+    let _serial = SERIAL.lock().await;
+    let service = ServiceProcess::start(&["--workers", "1"]).await;
+    let request = tokio::spawn(reqwest::get(format!(
+        "{}/cpu/inline?iterations=200000000",
+        service.base_url
+    )));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let during = service.scrape().await;
+    request.abort();
+    assert_eq!(
+        during.value(
+            "stallscope_stalls_in_progress",
+            &[("route", "/cpu/{variant}"), ("variant", "inline")]
+        ),
+        1.0,
+        "{}",
+        during.text
+    );
+}
+
+#[tokio::test]
+async fn saturated_blocking_pool_shows_queue_wait() {
+    let _serial = SERIAL.lock().await;
+    let service = ServiceProcess::start(&["--workers", "1", "--max-blocking-threads", "2"]).await;
+    let url = format!("{}/sleep/spawn-blocking?ms=300", service.base_url);
+    let load = tokio::spawn(async move { completion_times(&url, 6).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let during = service.scrape().await;
+    let times = load.await.expect("load");
+    let after = service.scrape().await;
+
+    assert!(
+        times.last().copied().unwrap_or_default() >= 850.0,
+        "6 jobs on 2 threads take three rounds: {times:?}"
+    );
+    assert_eq!(
+        during.value("stallscope_runtime_blocking_threads", &[]),
+        2.0,
+        "{}",
+        during.text
+    );
+    assert_eq!(
+        during.value(
+            "stallscope_blocking_in_flight",
+            &[("call_site", "sleep/spawn-blocking")]
+        ),
+        6.0
+    );
+    assert!(during.value("stallscope_runtime_blocking_queue_depth", &[]) >= 3.0);
+    let (jobs, waited) = after.histogram(
+        "stallscope_blocking_queue_wait_seconds",
+        &[("call_site", "sleep/spawn-blocking")],
+    );
+    assert_eq!(jobs, 6.0);
+    // Two jobs wait ~300 ms and two ~600 ms: ~1.8 s in all.
+    assert!(waited > 1.0, "queue wait recorded: {waited} s");
+    assert_eq!(
+        after.value(
+            "stallscope_blocking_in_flight",
+            &[("call_site", "sleep/spawn-blocking")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        after.value("stallscope_stalls_total", &[]),
+        0.0,
+        "offloading is not stalling"
+    );
+}
+
+#[tokio::test]
+async fn labels_stay_bounded_under_random_paths() {
+    let _serial = SERIAL.lock().await;
+    let service = ServiceProcess::start(&[]).await;
+    let client = reqwest::Client::new();
+    for i in 0..1000u32 {
+        let path = match i % 4 {
+            0 => format!("/random/{i}/{}", i * 7919),
+            1 => format!("/sleep/variant-{i}?ms=0"),
+            2 => format!("/users/{i}"),
+            _ => format!("/cpu/x{i}?iterations=1"),
+        };
+        let status = client
+            .get(format!("{}{path}", service.base_url))
+            .send()
+            .await
+            .expect("answer")
+            .status();
+        assert_eq!(status, 404, "{path}");
+    }
+    let scrape = service.scrape().await;
+    let routes: std::collections::BTreeSet<String> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "http_server_request_duration_seconds")
+        .filter_map(|s| s.labels.get("http_route").cloned())
+        .collect();
+    assert!(
+        routes.iter().all(|r| [
+            "unmatched",
+            "/healthz",
+            "/sleep/{variant}",
+            "/cpu/{variant}"
+        ]
+        .contains(&r.as_str())),
+        "{routes:?}"
+    );
+    assert!(
+        scrape.series("http_server_request_duration_seconds") <= 5,
+        "{}",
+        scrape.text
+    );
+    assert!(scrape.series("stallscope_task_polls_total") <= 5);
+    assert_eq!(
+        scrape.value(
+            "stallscope_task_instrumented_total",
+            &[("route", "/sleep/{variant}"), ("variant", "invalid")]
+        ),
+        250.0
+    );
+    assert!(scrape.text.len() < 64 * 1024, "the exposition stays small");
+}
+
+/// `/metrics` is valid Prometheus text and `promtool check metrics` has nothing to say.
+#[tokio::test]
+async fn metrics_pass_promtool() {
+    let _serial = SERIAL.lock().await;
+    let service = ServiceProcess::start(&["--workers", "2"]).await;
+    for path in [
+        "/sleep/blocking?ms=150",
+        "/sleep/spawn-blocking?ms=5",
+        "/cpu/rayon?iterations=10",
+        "/upstream/async?ms=5",
+        "/nope",
+    ] {
+        reqwest::get(format!("{}{path}", service.base_url))
+            .await
+            .expect("answer");
+    }
+    let text = reqwest::get(format!("{}/metrics", service.base_url))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    common::Scrape::parse(&text);
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut promtool = match promtool {
+        Ok(child) => child,
+        Err(err) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("promtool is required in CI (apt-get install prometheus): {err}")
+        }
+        Err(err) => {
+            eprintln!(
+                "skipping the promtool half: promtool not found ({err}); scripts/ci-setup.sh installs it"
+            );
+            return;
+        }
+    };
+    {
+        use std::io::Write;
+        let mut stdin = promtool.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("write to promtool");
+    }
+    let output = promtool.wait_with_output().expect("promtool runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}\n---\n{text}"
+    );
+}
