@@ -173,6 +173,11 @@ pub struct TelemetryArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub canary_interval_ms: u64,
 
+    /// Turn off the route layer, the task-poll hooks, the canary and the watchdog: the bare
+    /// router, for the overhead benchmark in `bench/` only.
+    #[arg(long, env = "STALLSCOPE_NO_INSTRUMENTATION")]
+    pub no_instrumentation: bool,
+
     /// Also serve `/metrics` on this address, from a thread and runtime of its own, so it can
     /// be scraped while the service runtime is stalled.
     #[arg(long, env = "STALLSCOPE_METRICS_BIND")]

@@ -20,11 +20,11 @@ use crate::telemetry::watchdog::Watchdog;
 pub const THREAD_PREFIX: &str = "stallscope-rt";
 
 /// Builds the multi-threaded runtime the service runs on, with the stall watchdog's
-/// task-poll hooks installed.
+/// task-poll hooks installed when there is a watchdog.
 ///
 /// It is always the multi-thread flavour, even with one worker: `block_in_place` only works
 /// there, and the lessons compare it with the other fixes on equal terms.
-pub fn build(args: &RuntimeArgs, watchdog: &Arc<Watchdog>) -> io::Result<Runtime> {
+pub fn build(args: &RuntimeArgs, watchdog: Option<&Arc<Watchdog>>) -> io::Result<Runtime> {
     let mut builder = Builder::new_multi_thread();
     builder
         .worker_threads(args.worker_threads())
@@ -36,10 +36,12 @@ pub fn build(args: &RuntimeArgs, watchdog: &Arc<Watchdog>) -> io::Result<Runtime
         .enable_all()
         .enable_metrics_poll_time_histogram()
         .metrics_poll_time_histogram_configuration(poll_histogram(args));
-    let (before, after) = (Arc::clone(watchdog), Arc::clone(watchdog));
-    builder
-        .on_before_task_poll(move |meta| before.before_poll(meta))
-        .on_after_task_poll(move |_| after.after_poll());
+    if let Some(watchdog) = watchdog {
+        let (before, after) = (Arc::clone(watchdog), Arc::clone(watchdog));
+        builder
+            .on_before_task_poll(move |meta| before.before_poll(meta))
+            .on_after_task_poll(move |_| after.after_poll());
+    }
     builder.build()
 }
 

@@ -47,7 +47,7 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         tracing::info!(addr = %admin.addr(), "serving /metrics from its own thread");
         helpers.push(admin);
     }
-    let runtime = crate::runtime::build(&args.runtime, &telemetry.watchdog)
+    let runtime = crate::runtime::build(&args.runtime, telemetry.watchdog())
         .context("could not build the runtime")?;
     let shutdown = CancellationToken::new();
     let state = AppState::new(

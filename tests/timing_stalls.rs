@@ -9,7 +9,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, mpsc};
+
 use common::{ServiceProcess, completion_times};
+use stallscope::config::ServeArgs;
+use stallscope::telemetry::watchdog::{RequestTag, StallReport, Watchdog};
 use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -315,4 +319,84 @@ async fn metrics_pass_promtool() {
         output.status.success() && said.trim().is_empty(),
         "promtool check metrics:\n{said}\n---\n{text}"
     );
+}
+
+// The watchdog on its own, in-process, with a shorter threshold.
+
+fn one_worker_runtime(watchdog: &Arc<Watchdog>) -> tokio::runtime::Runtime {
+    let mut args = ServeArgs::defaults().runtime;
+    args.workers = Some(1);
+    stallscope::runtime::build(&args, Some(watchdog)).expect("runtime")
+}
+
+/// The latency promise: a stall is reported after the threshold and within
+/// threshold + 2 scan intervals (plus a generous margin for a busy CI machine), while the
+/// poll is still running, naming the request it belongs to.
+#[test]
+fn watchdog_reports_a_request_stall_while_it_runs() {
+    let _serial = SERIAL.blocking_lock();
+    let threshold = Duration::from_millis(50);
+    let scan = Duration::from_millis(5);
+    let watchdog = Watchdog::new(threshold);
+    let runtime = one_worker_runtime(&watchdog);
+    watchdog.spawn_scanner(scan).expect("scanner");
+    let (reports, reported) = mpsc::channel();
+    let tag = Arc::new(RequestTag {
+        route: "/test/{variant}",
+        variant: "blocking",
+        request_id: "t-1".into(),
+        on_stall: Some(Box::new(move |report: &StallReport| {
+            let _ = reports.send((Instant::now(), report.clone()));
+        })),
+    });
+    let hooks = Arc::clone(&watchdog);
+    let (stall_started, stall_ended) = runtime.block_on(async move {
+        tokio::spawn(async move {
+            hooks.tag_current_poll(&tag);
+            let started = Instant::now();
+            std::thread::sleep(Duration::from_millis(200));
+            (started, Instant::now())
+        })
+        .await
+        .expect("task")
+    });
+    let (at, report) = reported
+        .recv_timeout(Duration::from_secs(1))
+        .expect("reported");
+    let latency = at - stall_started;
+    assert!(at < stall_ended, "reported while the poll still ran");
+    assert!(latency >= threshold, "{latency:?}");
+    assert!(
+        latency < threshold + 2 * scan + Duration::from_millis(50),
+        "detection took {latency:?}"
+    );
+    assert!(
+        report
+            .worker
+            .starts_with(stallscope::runtime::THREAD_PREFIX)
+    );
+    assert!(reported.try_recv().is_err(), "one report per stall");
+}
+
+#[test]
+fn watchdog_reports_background_tasks_once_and_ignores_short_polls() {
+    let _serial = SERIAL.blocking_lock();
+    let watchdog = Watchdog::new(Duration::from_millis(40));
+    let runtime = one_worker_runtime(&watchdog);
+    // Short polls: many, none reported.
+    runtime.block_on(async {
+        for _ in 0..50 {
+            tokio::spawn(async { std::thread::sleep(Duration::from_millis(1)) })
+                .await
+                .expect("task");
+        }
+    });
+    assert_eq!(watchdog.scan(), 0);
+
+    let stalled = runtime.spawn(async { std::thread::sleep(Duration::from_millis(250)) });
+    std::thread::sleep(Duration::from_millis(120));
+    assert_eq!(watchdog.scan(), 1, "found while it runs");
+    assert_eq!(watchdog.scan(), 0, "reported only once");
+    runtime.block_on(stalled).expect("task");
+    assert_eq!(watchdog.scan(), 0, "nothing left once it ended");
 }

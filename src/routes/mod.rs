@@ -63,7 +63,7 @@ pub fn variants_of(route: &str) -> Option<&'static [&'static str]> {
 /// All routes, with `state` applied, behind the telemetry route layer.
 pub fn router(state: AppState) -> Router {
     let telemetry = Arc::clone(&state.telemetry);
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/hello", get(health::hello))
@@ -73,12 +73,16 @@ pub fn router(state: AppState) -> Router {
         .route(UPSTREAM_ROUTE, get(upstream::handler))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
+        .method_not_allowed_fallback(method_not_allowed);
+    let router = if telemetry.enabled() {
+        router.layer(middleware::from_fn_with_state(
             telemetry,
             route_layer::observe,
         ))
-        .with_state(state)
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 /// `/metrics` and `/healthz` alone, for the admin listener on its own thread: it reads the

@@ -63,6 +63,9 @@ impl Telemetry {
     /// the recorder's upkeep, and the watchdog's scanning thread.
     pub fn start(&self) -> std::io::Result<()> {
         let _ = self.runtime.set(Handle::current());
+        if !self.enabled() {
+            return Ok(());
+        }
         canary::spawn(self.settings.canary_interval())?;
         let prometheus = self.prometheus.clone();
         tokio::task::Builder::new()
@@ -76,6 +79,16 @@ impl Telemetry {
             })?;
         self.watchdog
             .spawn_scanner(self.settings.watchdog_scan_interval())
+    }
+
+    /// False with `--no-instrumentation` (the bare-router benchmark).
+    pub fn enabled(&self) -> bool {
+        !self.settings.no_instrumentation
+    }
+
+    /// The watchdog whose hooks the runtime should install, unless instrumentation is off.
+    pub fn watchdog(&self) -> Option<&Arc<Watchdog>> {
+        self.enabled().then_some(&self.watchdog)
     }
 
     /// The whole `/metrics` document.

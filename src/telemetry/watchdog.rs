@@ -33,8 +33,11 @@ pub struct RequestTag {
     pub request_id: String,
     /// Called once when the watchdog reports a stall of this request (the trace layer uses it
     /// to put an event on the request's span).
-    pub on_stall: Option<Box<dyn Fn(&StallReport) + Send + Sync>>,
+    pub on_stall: Option<StallCallback>,
 }
+
+/// See [`RequestTag::on_stall`].
+pub type StallCallback = Box<dyn Fn(&StallReport) + Send + Sync>;
 
 /// What the watchdog knows about a stall it just found.
 #[derive(Debug, Clone)]
