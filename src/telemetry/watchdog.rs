@@ -256,8 +256,16 @@ impl Watchdog {
         std::thread::Builder::new()
             .name("stall-watchdog".into())
             .spawn(move || {
+                // Deadline-paced, so time spent scanning does not stretch the interval.
+                let mut next = Instant::now();
                 loop {
-                    std::thread::sleep(interval);
+                    next += interval;
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    } else {
+                        next = now;
+                    }
                     let Some(watchdog) = watchdog.upgrade() else {
                         return;
                     };
