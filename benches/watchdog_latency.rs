@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
             route: "/bench",
             variant: "blocking",
             request_id: format!("bench-{i}"),
+            trace_id: None,
             on_stall: Some(Box::new(move |_: &StallReport| {
                 let _ = reports.send(Instant::now());
             })),

@@ -22,16 +22,31 @@ where
 {
     let submitted = Instant::now();
     let in_flight = InFlight::enter(call_site);
+    // Created here, in the request's context, so the job's span is the request's child.
+    let span = tracing::info_span!(
+        "blocking",
+        otel.name = %format!("blocking {call_site}"),
+        stallscope.call_site = call_site,
+        stallscope.blocking.queue_wait_ms = tracing::field::Empty,
+        stallscope.blocking.run_ms = tracing::field::Empty,
+    );
     tokio::task::spawn_blocking(move || {
         // Moved in here so the gauge drops when the job ends, even if the awaiting request
         // was cancelled long before.
         let _in_flight = in_flight;
+        let _entered = span.enter();
+        let waited = submitted.elapsed();
         metrics::histogram!(BLOCKING_QUEUE_WAIT, "call_site" => call_site)
-            .record(submitted.elapsed().as_secs_f64());
+            .record(waited.as_secs_f64());
+        span.record(
+            "stallscope.blocking.queue_wait_ms",
+            waited.as_secs_f64() * 1000.0,
+        );
         let started = Instant::now();
         let output = work();
-        metrics::histogram!(BLOCKING_RUN, "call_site" => call_site)
-            .record(started.elapsed().as_secs_f64());
+        let ran = started.elapsed();
+        metrics::histogram!(BLOCKING_RUN, "call_site" => call_site).record(ran.as_secs_f64());
+        span.record("stallscope.blocking.run_ms", ran.as_secs_f64() * 1000.0);
         output
     })
     .await

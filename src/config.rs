@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -175,8 +176,15 @@ pub struct TelemetryArgs {
 
     /// Turn off the route layer, the task-poll hooks, the canary and the watchdog: the bare
     /// router, for the overhead benchmark in `bench/` only.
-    #[arg(long, env = "STALLSCOPE_NO_INSTRUMENTATION")]
+    #[arg(long, env = "STALLSCOPE_NO_INSTRUMENTATION", action = ArgAction::SetTrue,
+          value_parser = BoolishValueParser::new())]
     pub no_instrumentation: bool,
+
+    /// Serve tokio-console's gRPC API (bind: `TOKIO_CONSOLE_BIND`, default 127.0.0.1:6669).
+    /// Off by default: it records every poll, wake and spawn.
+    #[arg(long, env = "STALLSCOPE_CONSOLE", action = ArgAction::SetTrue,
+          value_parser = BoolishValueParser::new())]
+    pub console: bool,
 
     /// Also serve `/metrics` on this address, from a thread and runtime of its own, so it can
     /// be scraped while the service runtime is stalled.

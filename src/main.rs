@@ -1,16 +1,34 @@
 use clap::Parser;
 
 use stallscope::config::{Cli, Command};
+use stallscope::telemetry::logging::{self, TracingOptions};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    stallscope::telemetry::init_logging();
-    let result = match &cli.command {
-        None => stallscope::server::run_foreground(&cli.serve),
-        Some(Command::Serve(args)) => stallscope::server::run_foreground(args),
-        Some(Command::Experiment(args)) => stallscope::experiment::run(args),
-        Some(Command::Upstream(args)) => run_upstream(args.bind),
+    let serve = match &cli.command {
+        None => Some(&cli.serve),
+        Some(Command::Serve(args)) => Some(args),
+        _ => None,
     };
+    let tracing = logging::init(&TracingOptions {
+        default_service_name: match cli.command {
+            Some(Command::Upstream(_)) => "stallscope-upstream",
+            _ => "stallscope",
+        },
+        console: serve.is_some_and(|args| args.telemetry.console),
+        default_log_filter: match cli.command {
+            // The experiment prints a table; stall warnings would only interleave with it.
+            Some(Command::Experiment(_)) => "error",
+            _ => "info",
+        },
+    });
+    let result = match (&cli.command, serve) {
+        (_, Some(args)) => stallscope::server::run_foreground(args),
+        (Some(Command::Experiment(args)), _) => stallscope::experiment::run(args),
+        (Some(Command::Upstream(args)), _) => run_upstream(args.bind),
+        (Some(Command::Serve(_)) | None, None) => Ok(()),
+    };
+    tracing.shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::LimitArgs;
 use crate::error::AppError;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Telemetry, trace_context};
+use tracing::Instrument;
 
 /// Everything handlers share. Cheap to clone: every field is a handle.
 #[derive(Clone)]
@@ -83,13 +84,56 @@ impl UpstreamClients {
         format!("{}/slow?ms={ms}", self.base_url)
     }
 
+    /// A client span for one call, its `traceparent` headers, and the URL.
+    fn client_span(&self, ms: u64) -> (tracing::Span, http::HeaderMap, String) {
+        let url = self.slow_url(ms);
+        let span = tracing::info_span!(
+            "HTTP client request",
+            otel.name = "GET",
+            otel.kind = "client",
+            http.request.method = "GET",
+            url.full = %url,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let mut headers = http::HeaderMap::new();
+        trace_context::inject(&span, &mut headers);
+        (span, headers, url)
+    }
+
+    /// One async round trip with reqwest; the task waits without holding its worker.
+    pub async fn call_async(&self, ms: u64) -> Result<Value, AppError> {
+        let (span, headers, url) = self.client_span(ms);
+        async {
+            let response = self
+                .http
+                .get(url)
+                .headers(headers)
+                .send()
+                .await
+                .map_err(|err| self.reqwest_error(err))?;
+            tracing::Span::current()
+                .record("http.response.status_code", response.status().as_u16());
+            response
+                .error_for_status()
+                .map_err(|err| self.reqwest_error(err))?
+                .json()
+                .await
+                .map_err(|err| self.reqwest_error(err))
+        }
+        .instrument(span)
+        .await
+    }
+
     /// One synchronous round trip; blocks the calling thread until it is done.
     pub fn call_sync(&self, ms: u64) -> Result<Value, AppError> {
-        let mut response = self
-            .sync
-            .get(&self.slow_url(ms))
-            .call()
-            .map_err(|err| self.ureq_error(err))?;
+        let (span, headers, url) = self.client_span(ms);
+        let _entered = span.enter();
+        let mut request = self.sync.get(&url);
+        for (name, value) in &headers {
+            request = request.header(name, value);
+        }
+        let mut response = request.call().map_err(|err| self.ureq_error(err))?;
+        span.record("http.response.status_code", response.status().as_u16());
         let text = response
             .body_mut()
             .read_to_string()

@@ -24,6 +24,10 @@ pub fn router() -> Router {
     Router::new()
         .route("/slow", get(slow))
         .route("/healthz", get(|| async { "ok" }))
+        // Its own server spans, joined to the caller's trace through `traceparent`.
+        .layer(axum::middleware::from_fn(
+            crate::telemetry::route_layer::trace_only,
+        ))
 }
 
 /// Waits `ms` milliseconds without blocking its runtime, then answers.

@@ -345,6 +345,7 @@ fn watchdog_reports_a_request_stall_while_it_runs() {
         route: "/test/{variant}",
         variant: "blocking",
         request_id: "t-1".into(),
+        trace_id: None,
         on_stall: Some(Box::new(move |report: &StallReport| {
             let _ = reports.send((Instant::now(), report.clone()));
         })),

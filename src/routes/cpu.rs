@@ -52,6 +52,7 @@ pub fn sha256_chain(iterations: u64) -> [u8; 32] {
     digest
 }
 
+#[tracing::instrument(name = "cpu.sha256", level = "info", fields(stallscope.iterations = iterations))]
 fn hash_and_report(iterations: u64) -> WorkDone {
     let digest = sha256_chain(iterations);
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -115,7 +116,11 @@ async fn hash_on_blocking_pool(iterations: u64) -> Result<WorkDone, AppError> {
 /// (bounded CPU use) while the async handler awaits a oneshot and its worker stays free.
 async fn hash_on_rayon(pool: &rayon::ThreadPool, iterations: u64) -> Result<WorkDone, AppError> {
     let (tx, rx) = oneshot::channel();
+    // rayon threads know nothing of the request: carry its span over so the work shows up
+    // inside the request's trace.
+    let span = tracing::Span::current();
     pool.spawn(move || {
+        let _entered = span.enter();
         // The receiver is gone only if the client hung up; nothing to do then.
         let _ = tx.send(hash_and_report(iterations));
     });

@@ -6,7 +6,7 @@
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::params::QueryParams;
 use super::report::{WorkDone, WorkReport};
@@ -82,17 +82,7 @@ pub async fn handler(
 
 /// Correct: reqwest sends, then parks the task until bytes arrive.
 async fn call_async(clients: &UpstreamClients, ms: u64) -> Result<WorkDone, AppError> {
-    let response = clients
-        .http
-        .get(clients.slow_url(ms))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|err| clients.reqwest_error(err))?;
-    let body: Value = response
-        .json()
-        .await
-        .map_err(|err| clients.reqwest_error(err))?;
+    let body = clients.call_async(ms).await?;
     Ok(WorkDone::here_with(body))
 }
 

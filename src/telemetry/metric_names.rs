@@ -15,6 +15,9 @@ pub const BLOCKING_QUEUE_WAIT: &str = "stallscope_blocking_queue_wait_seconds";
 pub const BLOCKING_RUN: &str = "stallscope_blocking_run_seconds";
 pub const BLOCKING_IN_FLIGHT: &str = "stallscope_blocking_in_flight";
 
+pub const OTEL_SPANS_EXPORTED: &str = "stallscope_otel_spans_exported_total";
+pub const OTEL_SPANS_DROPPED: &str = "stallscope_otel_spans_dropped_total";
+
 /// Buckets for request-scale durations (1 ms … 30 s).
 pub const REQUEST_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 7.5,
@@ -66,6 +69,14 @@ pub(crate) fn describe() {
         BLOCKING_RUN,
         Unit::Seconds,
         "Time a blocking-pool job ran, by call site."
+    );
+    describe_counter!(
+        OTEL_SPANS_EXPORTED,
+        "Spans delivered to the OTLP collector."
+    );
+    describe_counter!(
+        OTEL_SPANS_DROPPED,
+        "Spans not delivered, by reason: queue_full (the collector is slower than the traffic), export_failed (the collector is down or refused), shut_down."
     );
     describe_gauge!(
         BLOCKING_IN_FLIGHT,

@@ -4,39 +4,25 @@
 
 pub mod canary;
 pub mod exposition;
+pub mod logging;
 pub mod metric_names;
+pub mod otlp;
+pub mod poll_stats;
 pub mod route_layer;
 pub mod task_monitors;
+pub mod trace_context;
 pub mod watchdog;
 
-use std::io::IsTerminal;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::runtime::Handle;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::TelemetryArgs;
 use exposition::Exposition;
 use task_monitors::TaskMonitors;
 use watchdog::Watchdog;
-
-/// Installs the global subscriber: `RUST_LOG`-style filtering (default `info`), human-readable
-/// logs on stderr. Safe to call twice (the second call does nothing).
-pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
-        .try_init();
-}
 
 /// The service's telemetry: one per running service.
 pub struct Telemetry {

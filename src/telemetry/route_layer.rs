@@ -12,13 +12,18 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use opentelemetry::KeyValue;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Telemetry;
 use super::metric_names::{HTTP_ACTIVE_REQUESTS, HTTP_REQUEST_DURATION};
-use super::watchdog::{RequestTag, Watchdog};
+use super::poll_stats::{Measured, PollStats};
+use super::trace_context;
+use super::watchdog::{RequestTag, StallReport, Watchdog};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -42,38 +47,136 @@ pub async fn observe(
     let variant = variant_label(route, request.uri().path());
     let method = method_label(request.method());
     let request_id = request_id(&request);
+    let span = server_span(&request, route, variant, method, &request_id);
+    let trace_id = trace_context::ids(&span).map(|(trace_id, _)| trace_id);
 
     let active = metrics::gauge!(HTTP_ACTIVE_REQUESTS, "http_route" => route, "http_request_method" => method);
     active.increment(1.0);
+    let stall_span = span.clone();
     let tag = Arc::new(RequestTag {
         route,
         variant,
         request_id: request_id.clone(),
-        on_stall: None,
+        trace_id,
+        on_stall: Some(Box::new(move |report: &StallReport| {
+            stall_span.add_event(
+                "executor.stall",
+                vec![
+                    KeyValue::new("stallscope.worker", report.worker.clone()),
+                    KeyValue::new(
+                        "stallscope.stall.elapsed_ms",
+                        report.elapsed.as_secs_f64() * 1000.0,
+                    ),
+                ],
+            );
+        })),
     });
+    let stats = Arc::new(Mutex::new(PollStats::default()));
     let handler = TaggedPolls {
         inner: Box::pin(next.run(request)),
         tag,
         watchdog: Arc::clone(&telemetry.watchdog),
     };
-    let mut response = telemetry
-        .tasks
-        .get(route, variant)
-        .instrument(handler)
-        .await;
+    let measured = Measured::new(handler, Arc::clone(&stats));
+    let monitor = telemetry.tasks.get(route, variant);
+    let monitored = tokio_metrics::TaskMonitor::instrument(&monitor, measured);
+    let mut response = monitored.instrument(span.clone()).await;
     active.decrement(1.0);
 
-    let status = response.status().as_u16().to_string();
+    let status = response.status();
     metrics::histogram!(
         HTTP_REQUEST_DURATION,
         "http_route" => route,
         "http_request_method" => method,
-        "http_response_status_code" => status,
+        "http_response_status_code" => status.as_u16().to_string(),
     )
     .record(started.elapsed().as_secs_f64());
+    record_outcome(&span, status, &stats);
+    let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+        headers.insert(REQUEST_ID, value);
     }
+    if let Some(traceparent) = trace_context::traceparent(&span) {
+        headers.insert(trace_context::TRACEPARENT, traceparent);
+    }
+    response
+}
+
+/// The request's server span, with the HTTP semantic-convention attributes, joined to the
+/// caller's trace when the request carries a `traceparent`.
+pub fn server_span(
+    request: &Request,
+    route: &str,
+    variant: &str,
+    method: &str,
+    request_id: &str,
+) -> Span {
+    let name = if route == UNMATCHED_ROUTE {
+        method.to_owned()
+    } else {
+        format!("{method} {route}")
+    };
+    let path: String = request.uri().path().chars().take(256).collect();
+    let span = tracing::info_span!(
+        "HTTP request",
+        otel.name = %name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        url.path = %path,
+        url.scheme = "http",
+        network.protocol.version = ?request.version(),
+        stallscope.variant = variant,
+        stallscope.request_id = request_id,
+        stallscope.poll.count = tracing::field::Empty,
+        stallscope.poll.longest_ms = tracing::field::Empty,
+        stallscope.poll.busy_ms = tracing::field::Empty,
+        stallscope.poll.scheduled_wait_ms = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let _ = span.set_parent(trace_context::extract(request.headers()));
+    if let Some((trace_id, span_id)) = trace_context::ids(&span) {
+        span.record("trace_id", trace_id);
+        span.record("span_id", span_id);
+    }
+    span
+}
+
+/// Status and poll statistics, once the response exists.
+pub fn record_outcome(span: &Span, status: StatusCode, stats: &Mutex<PollStats>) {
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    if let Ok(stats) = stats.lock() {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        span.record("stallscope.poll.count", stats.polls);
+        span.record("stallscope.poll.longest_ms", ms(stats.longest));
+        span.record("stallscope.poll.busy_ms", ms(stats.busy));
+        span.record(
+            "stallscope.poll.scheduled_wait_ms",
+            ms(stats.scheduled_wait),
+        );
+    }
+}
+
+/// Server spans (and poll statistics) without metrics, for the slow upstream.
+pub async fn trace_only(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED_ROUTE, |m| intern(m.as_str()));
+    let method = method_label(request.method());
+    let request_id = request_id(&request);
+    let span = server_span(&request, route, NO_VARIANT, method, &request_id);
+    let stats = Arc::new(Mutex::new(PollStats::default()));
+    let response = Measured::new(next.run(request), Arc::clone(&stats))
+        .instrument(span.clone())
+        .await;
+    record_outcome(&span, response.status(), &stats);
     response
 }
 

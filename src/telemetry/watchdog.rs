@@ -31,6 +31,8 @@ pub struct RequestTag {
     pub route: &'static str,
     pub variant: &'static str,
     pub request_id: String,
+    /// The request's trace id, when it has one.
+    pub trace_id: Option<String>,
     /// Called once when the watchdog reports a stall of this request (the trace layer uses it
     /// to put an event on the request's span).
     pub on_stall: Option<StallCallback>,
@@ -158,6 +160,7 @@ impl Watchdog {
                 route,
                 variant,
                 request_id = request.as_ref().map(|r| r.request_id.as_str()).unwrap_or(""),
+                trace_id = request.as_ref().and_then(|r| r.trace_id.as_deref()).unwrap_or(""),
                 elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                 "stall ended"
             );
@@ -221,6 +224,7 @@ impl Watchdog {
                         route,
                         variant,
                         request_id = %tag.request_id,
+                        trace_id = tag.trace_id.as_deref().unwrap_or(""),
                         elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                         "executor stall: a poll of {route} ({variant}) has held worker {} for {} ms and is still running",
                         report.worker,

@@ -79,6 +79,11 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `stallscope serve` with `args` plus a bind and a metrics bind of its own.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// [`ServiceProcess::start`] with extra environment variables.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         use tokio::io::AsyncBufReadExt;
         let bind = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
@@ -87,6 +92,7 @@ impl ServiceProcess {
             .args(["--bind", &bind, "--metrics-bind", &admin])
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)

@@ -1,0 +1,264 @@
+//! OTLP trace export that can never slow a request down.
+//!
+//! The SDK's batch processor drops spans silently when its queue is full. stallscope needs to
+//! *count* what it drops, so it has its own small processor: `on_end` does a non-blocking
+//! `try_send` into a bounded queue (full queue → span dropped and counted), and an exporter
+//! thread with a runtime of its own drains the queue in batches. A slow, absent or failing
+//! collector therefore costs requests nothing: at worst spans are dropped, and
+//! `stallscope_otel_spans_dropped_total` says how many and why.
+//!
+//! Configuration is the standard `OTEL_*` environment: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; export is off when neither is set),
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default, or `http/protobuf`),
+//! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`/`_ARG`, and the batch settings
+//! `OTEL_BSP_MAX_QUEUE_SIZE` (2048), `OTEL_BSP_SCHEDULE_DELAY` (5000 ms),
+//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+
+use tokio::sync::mpsc;
+
+use super::metric_names::{OTEL_SPANS_DROPPED, OTEL_SPANS_EXPORTED};
+
+/// Where and how to export, read from the environment.
+#[derive(Debug, Clone)]
+pub struct OtlpSettings {
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub max_queue_size: usize,
+    pub schedule_delay: Duration,
+    pub max_batch_size: usize,
+}
+
+impl OtlpSettings {
+    /// `None` when no endpoint is configured: export is off.
+    pub fn from_env() -> Option<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))?;
+        let protocol = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .as_deref()
+        {
+            Some("http/protobuf") => Protocol::HttpBinary,
+            Some("grpc") | None => Protocol::Grpc,
+            Some(other) => {
+                tracing::warn!(
+                    protocol = other,
+                    "unsupported OTEL_EXPORTER_OTLP_PROTOCOL; using grpc"
+                );
+                Protocol::Grpc
+            }
+        };
+        let number = |name: &str, default: u64| {
+            var(name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        Some(Self {
+            endpoint,
+            protocol,
+            max_queue_size: usize::try_from(number("OTEL_BSP_MAX_QUEUE_SIZE", 2048))
+                .unwrap_or(2048)
+                .max(1),
+            schedule_delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000).max(1)),
+            max_batch_size: usize::try_from(number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
+                .unwrap_or(512)
+                .max(1),
+        })
+    }
+}
+
+enum Message {
+    Span(Box<SpanData>),
+    /// Export everything queued so far, then answer.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// The span processor described in the module docs.
+#[derive(Debug)]
+pub struct QueueingProcessor {
+    /// `None` once shut down. `try_send` on a Tokio channel needs no runtime, so `on_end`
+    /// works from any thread and never waits.
+    queue: Mutex<Option<mpsc::Sender<Message>>>,
+    exporter_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl QueueingProcessor {
+    /// Builds the OTLP exporter for `settings` and starts the exporter thread.
+    pub fn start(settings: &OtlpSettings) -> anyhow::Result<Self> {
+        let (queue, receiver) = mpsc::channel(settings.max_queue_size);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // The tonic channel must be created inside a runtime.
+        let exporter = runtime.block_on(async { build_exporter(settings) })?;
+        let (delay, batch) = (settings.schedule_delay, settings.max_batch_size);
+        let thread = std::thread::Builder::new()
+            .name("otel-exporter".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // A named task, so tokio-console shows what this thread does.
+                    match tokio::task::Builder::new()
+                        .name("otlp-span-exporter")
+                        .spawn(export_loop(receiver, exporter, delay, batch))
+                    {
+                        Ok(task) => {
+                            let _ = task.await;
+                        }
+                        Err(err) => tracing::error!(%err, "could not start the span exporter"),
+                    }
+                });
+            })?;
+        Ok(Self {
+            queue: Mutex::new(Some(queue)),
+            exporter_thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Message>> {
+        self.queue.lock().ok().and_then(|q| q.clone())
+    }
+}
+
+fn build_exporter(settings: &OtlpSettings) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
+    let exporter = match settings.protocol {
+        Protocol::HttpBinary => {
+            let endpoint = if settings.endpoint.ends_with("/v1/traces") {
+                settings.endpoint.clone()
+            } else {
+                format!("{}/v1/traces", settings.endpoint.trim_end_matches('/'))
+            };
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .build()?
+        }
+        _ => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(settings.endpoint.clone())
+            .build()?,
+    };
+    Ok(exporter)
+}
+
+async fn export_loop(
+    mut receiver: mpsc::Receiver<Message>,
+    exporter: opentelemetry_otlp::SpanExporter,
+    delay: Duration,
+    max_batch: usize,
+) {
+    let mut batch: Vec<SpanData> = Vec::with_capacity(max_batch);
+    let mut deadline = tokio::time::Instant::now() + delay;
+    loop {
+        match tokio::time::timeout_at(deadline, receiver.recv()).await {
+            Ok(Some(Message::Span(span))) => {
+                batch.push(*span);
+                if batch.len() >= max_batch {
+                    export(&exporter, &mut batch).await;
+                    deadline = tokio::time::Instant::now() + delay;
+                }
+            }
+            Ok(Some(Message::Flush(done))) => {
+                export(&exporter, &mut batch).await;
+                let _ = done.send(());
+            }
+            Err(_elapsed) => {
+                export(&exporter, &mut batch).await;
+                deadline = tokio::time::Instant::now() + delay;
+            }
+            Ok(None) => {
+                export(&exporter, &mut batch).await;
+                let _ = exporter.shutdown();
+                return;
+            }
+        }
+    }
+}
+
+async fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<SpanData>) {
+    if batch.is_empty() {
+        return;
+    }
+    let spans = std::mem::take(batch);
+    let count = spans.len() as u64;
+    match exporter.export(spans).await {
+        Ok(()) => metrics::counter!(OTEL_SPANS_EXPORTED).increment(count),
+        Err(err) => {
+            metrics::counter!(OTEL_SPANS_DROPPED, "reason" => "export_failed").increment(count);
+            tracing::debug!(%err, spans = count, "span export failed");
+        }
+    }
+}
+
+impl SpanProcessor for QueueingProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        let Some(queue) = self.sender() else {
+            metrics::counter!(OTEL_SPANS_DROPPED, "reason" => "shut_down").increment(1);
+            return;
+        };
+        match queue.try_send(Message::Span(Box::new(span))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!(OTEL_SPANS_DROPPED, "reason" => "queue_full").increment(1);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                metrics::counter!(OTEL_SPANS_DROPPED, "reason" => "shut_down").increment(1);
+            }
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        let queue = self.sender().ok_or(OTelSdkError::AlreadyShutdown)?;
+        let (done, flushed) = std::sync::mpsc::sync_channel(1);
+        // Flushing is for shutdown, never for the request path: waiting for room is fine.
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        let mut message = Message::Flush(done);
+        loop {
+            match queue.try_send(message) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Full(back)) if Instant::now() < deadline => {
+                    message = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return Err(OTelSdkError::Timeout(FLUSH_TIMEOUT)),
+            }
+        }
+        flushed
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .map_err(|_| OTelSdkError::Timeout(FLUSH_TIMEOUT))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let flushed = self.force_flush();
+        // Dropping the only sender ends the export loop once the queue is drained.
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.take();
+        }
+        let thread = self.exporter_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let deadline = Instant::now() + timeout;
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+        flushed
+    }
+}
+
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,300 @@
+//! Traces against a real OTLP receiver (`fake-opentelemetry-collector`, in this process) and
+//! the real binary: the span tree across the upstream call, poll statistics and stall events,
+//! a dead collector that costs requests nothing, and logs that join their traces.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::ServiceProcess;
+use fake_opentelemetry_collector::{ExportedSpan, FakeCollectorServer};
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// Export quickly so tests do not wait for the default 5 s batch delay.
+const FAST_EXPORT: (&str, &str) = ("OTEL_BSP_SCHEDULE_DELAY", "100");
+
+/// Spans received until `done` holds for them (or 10 s pass).
+async fn collect_until(
+    collector: &mut FakeCollectorServer,
+    done: impl Fn(&[ExportedSpan]) -> bool,
+) -> Vec<ExportedSpan> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut spans = Vec::new();
+    while !done(&spans) && Instant::now() < deadline {
+        spans.extend(
+            collector
+                .exported_spans(1, Duration::from_millis(500))
+                .await,
+        );
+    }
+    spans
+}
+
+fn has_variant(spans: &[ExportedSpan], variant: &str) -> bool {
+    spans.iter().any(|s| {
+        s.attributes
+            .get("stallscope.variant")
+            .is_some_and(|v| v.contains(variant))
+    })
+}
+
+fn has_name(spans: &[ExportedSpan], name: &str) -> bool {
+    spans.iter().any(|s| s.name == name)
+}
+
+fn find<'a>(spans: &'a [ExportedSpan], name: &str) -> &'a ExportedSpan {
+    spans
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no span named {name:?} in {:#?}", names(spans)))
+}
+
+fn names(spans: &[ExportedSpan]) -> Vec<&str> {
+    spans.iter().map(|s| s.name.as_str()).collect()
+}
+
+fn attribute<'a>(span: &'a ExportedSpan, key: &str) -> &'a str {
+    span.attributes
+        .get(key)
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("{} has no {key}: {:#?}", span.name, span.attributes))
+}
+
+fn number(span: &ExportedSpan, key: &str) -> f64 {
+    let raw = attribute(span, key);
+    raw.trim_matches(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} = {raw:?} is not a number"))
+}
+
+#[tokio::test]
+async fn upstream_call_is_one_trace_across_client_and_upstream() {
+    let _serial = SERIAL.lock().await;
+    let mut collector = FakeCollectorServer::start().await.expect("collector");
+    let endpoint = collector.endpoint();
+    let service = ServiceProcess::start_with_env(
+        &["--workers", "2"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), FAST_EXPORT],
+    )
+    .await;
+    let response = reqwest::get(format!("{}/upstream/async?ms=20", service.base_url))
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    let traceparent = response
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .expect("traceparent response header")
+        .to_owned();
+
+    let spans = collect_until(&mut collector, |s| {
+        has_name(s, "GET /upstream/{variant}") && has_name(s, "GET") && has_name(s, "GET /slow")
+    })
+    .await;
+    let server = find(&spans, "GET /upstream/{variant}");
+    let client = find(&spans, "GET");
+    let upstream = find(&spans, "GET /slow");
+    assert_eq!(server.kind, "SPAN_KIND_SERVER", "{server:#?}");
+    assert_eq!(client.kind, "SPAN_KIND_CLIENT");
+    assert_eq!(upstream.kind, "SPAN_KIND_SERVER");
+    assert_eq!(client.trace_id, server.trace_id, "one trace");
+    assert_eq!(
+        upstream.trace_id, server.trace_id,
+        "the upstream joined through traceparent"
+    );
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert_eq!(upstream.parent_span_id, client.span_id);
+    assert!(
+        traceparent.contains(&server.trace_id),
+        "{traceparent} names the trace"
+    );
+    for (key, value) in [
+        ("http.request.method", "GET"),
+        ("http.route", "/upstream/{variant}"),
+        ("http.response.status_code", "200"),
+        ("url.path", "/upstream/async"),
+        ("stallscope.variant", "async"),
+    ] {
+        assert!(
+            attribute(server, key).contains(value),
+            "{key}: {:?}",
+            server.attributes
+        );
+    }
+    assert!(
+        attribute(client, "url.full").contains("/slow?ms=20"),
+        "{:?}",
+        client.attributes
+    );
+    assert!(attribute(client, "http.response.status_code").contains("200"));
+    assert!(number(server, "stallscope.poll.count") >= 2.0);
+}
+
+#[tokio::test]
+async fn blocking_poll_shows_in_the_span_with_a_stall_event() {
+    let _serial = SERIAL.lock().await;
+    let mut collector = FakeCollectorServer::start().await.expect("collector");
+    let endpoint = collector.endpoint();
+    let service = ServiceProcess::start_with_env(
+        &["--workers", "1"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), FAST_EXPORT],
+    )
+    .await;
+    for variant in ["async", "blocking"] {
+        let status = reqwest::get(format!("{}/sleep/{variant}?ms=300", service.base_url))
+            .await
+            .expect("answer")
+            .status();
+        assert_eq!(status, 200);
+    }
+    let spans = collect_until(&mut collector, |s| {
+        has_variant(s, "blocking") && has_variant(s, "async")
+    })
+    .await;
+    let by_variant = |variant: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                s.attributes
+                    .get("stallscope.variant")
+                    .is_some_and(|v| v.contains(variant))
+            })
+            .unwrap_or_else(|| panic!("no {variant} span in {:#?}", names(&spans)))
+    };
+    let blocking = by_variant("blocking");
+    assert!(
+        number(blocking, "stallscope.poll.longest_ms") >= 250.0,
+        "{:#?}",
+        blocking.attributes
+    );
+    let stall = blocking
+        .events
+        .iter()
+        .find(|e| e.name == "executor.stall")
+        .unwrap_or_else(|| panic!("no executor.stall event: {:#?}", blocking.events));
+    assert!(
+        stall
+            .attributes
+            .get("stallscope.worker")
+            .is_some_and(|w| w.contains("stallscope-rt-"))
+    );
+
+    let healthy = by_variant("async");
+    assert!(
+        number(healthy, "stallscope.poll.longest_ms") < 50.0,
+        "{:#?}",
+        healthy.attributes
+    );
+    assert!(healthy.events.iter().all(|e| e.name != "executor.stall"));
+}
+
+#[tokio::test]
+async fn dead_collector_costs_requests_nothing_and_drops_are_counted() {
+    let _serial = SERIAL.lock().await;
+    let closed = format!("http://127.0.0.1:{}", common::free_port());
+    let service = ServiceProcess::start_with_env(
+        &["--workers", "2"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &closed), FAST_EXPORT],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..30 {
+        let started = Instant::now();
+        let status = client
+            .get(format!("{}/sleep/async?ms=20", service.base_url))
+            .send()
+            .await
+            .expect("answer")
+            .status();
+        assert_eq!(status, 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(120),
+        "a dead collector slowed a request to {slowest:?}"
+    );
+    let mut dropped = 0.0;
+    for _ in 0..50 {
+        dropped = service.scrape().await.value(
+            "stallscope_otel_spans_dropped_total",
+            &[("reason", "export_failed")],
+        );
+        if dropped >= 30.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped >= 30.0, "dropped spans counted: {dropped}");
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_exported_trace_id() {
+    let _serial = SERIAL.lock().await;
+    let mut collector = FakeCollectorServer::start().await.expect("collector");
+    let endpoint = collector.endpoint();
+    // A dead upstream, so the request logs an error inside its span.
+    let dead_upstream = format!("http://127.0.0.1:{}", common::free_port());
+    let mut service = ServiceProcess::start_with_env(
+        &["--workers", "1", "--upstream-url", &dead_upstream],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            FAST_EXPORT,
+            ("STALLSCOPE_LOG_FORMAT", "json"),
+        ],
+    )
+    .await;
+    let status = reqwest::get(format!("{}/upstream/async?ms=1", service.base_url))
+        .await
+        .expect("answer")
+        .status();
+    assert_eq!(status, 502);
+    let status = reqwest::get(format!("{}/sleep/blocking?ms=150", service.base_url))
+        .await
+        .expect("answer")
+        .status();
+    assert_eq!(status, 200);
+    let spans = collect_until(&mut collector, |s| {
+        has_variant(s, "blocking") && has_name(s, "GET /upstream/{variant}")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines: Vec<serde_json::Value> = service
+        .drain_logs()
+        .into_iter()
+        .map(|(_, line)| serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+
+    let failed = find(&spans, "GET /upstream/{variant}");
+    let error_line = lines
+        .iter()
+        .find(|l| l["level"] == "ERROR" && l["message"] == "request failed")
+        .unwrap_or_else(|| panic!("no error line in {lines:#?}"));
+    assert_eq!(
+        error_line["trace_id"],
+        failed.trace_id.as_str(),
+        "{error_line}"
+    );
+    assert_eq!(
+        error_line["span_id"],
+        failed.span_id.as_str(),
+        "{error_line}"
+    );
+
+    let stalled = spans
+        .iter()
+        .find(|s| {
+            s.attributes
+                .get("stallscope.variant")
+                .is_some_and(|v| v.contains("blocking"))
+        })
+        .expect("blocking span");
+    let warning = lines
+        .iter()
+        .find(|l| l["level"] == "WARN")
+        .unwrap_or_else(|| panic!("no stall warning in {lines:#?}"));
+    assert_eq!(warning["trace_id"], stalled.trace_id.as_str(), "{warning}");
+}
