@@ -134,6 +134,15 @@ async fn experiment_json_verdicts() {
                 Some(2),
                 "{name}"
             );
+            let stalls = variant["watchdog_stalls"].as_u64();
+            if variant["expected_to_stall"] == true {
+                assert!(
+                    stalls >= Some(1),
+                    "{name}: the watchdog saw no stall: {variant}"
+                );
+            } else {
+                assert_eq!(stalls, Some(0), "{name}: {variant}");
+            }
             match variant["verdict"].as_str() {
                 Some("serialised") => serialised.push(name),
                 Some("parallel") => {}

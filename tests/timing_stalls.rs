@@ -401,3 +401,25 @@ fn watchdog_reports_background_tasks_once_and_ignores_short_polls() {
     runtime.block_on(stalled).expect("task");
     assert_eq!(watchdog.scan(), 0, "nothing left once it ended");
 }
+
+/// `block_in_place` hands the worker to another thread before blocking: a long poll, but the
+/// executor keeps running, so it is not a stall (the watchdog asks the runtime which threads
+/// hold its workers).
+#[test]
+fn watchdog_does_not_blame_block_in_place() {
+    let _serial = SERIAL.blocking_lock();
+    let watchdog = Watchdog::new(Duration::from_millis(40));
+    let runtime = one_worker_runtime(&watchdog);
+    watchdog.attach(runtime.handle().clone());
+    let task = runtime.spawn(async {
+        tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(250)));
+    });
+    std::thread::sleep(Duration::from_millis(120));
+    assert_eq!(watchdog.scan(), 0, "block_in_place is not a stall");
+    // The same long poll without the hand-off is one.
+    runtime.block_on(task).expect("task");
+    let stalled = runtime.spawn(async { std::thread::sleep(Duration::from_millis(250)) });
+    std::thread::sleep(Duration::from_millis(120));
+    assert_eq!(watchdog.scan(), 1);
+    runtime.block_on(stalled).expect("task");
+}

@@ -139,6 +139,9 @@ pub struct VariantResult {
     pub verdict: Verdict,
     /// Whether the lesson says this variant stalls (the verdict should agree).
     pub expected_to_stall: bool,
+    /// Stalls the target's watchdog reported for this variant during the run (from its
+    /// `/metrics`; absent if it could not be read).
+    pub watchdog_stalls: Option<u64>,
     /// Failed requests, if any, with their status or error.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -228,7 +231,10 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
                 ),
                 _ => format!("{target}/{}/{variant}?ms={}", lesson.name(), args.ms),
             };
+            let route = format!("/{}/{{variant}}", lesson.name());
+            let stalls_before = watchdog_stalls(&client, &target, &route, variant).await;
             let (completions_ms, errors) = fire(&client, &url, concurrency, &progress).await;
+            let stalls_after = watchdog_stalls(&client, &target, &route, variant).await;
             let slowest_ms = completions_ms.iter().copied().fold(0.0, f64::max);
             let slowdown = slowest_ms / parallel_ms;
             variants.push(VariantResult {
@@ -238,6 +244,9 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
                 slowdown,
                 verdict: Verdict::judge(slowdown, errors.is_empty()),
                 expected_to_stall: lesson.stalls(variant),
+                watchdog_stalls: stalls_after
+                    .zip(stalls_before)
+                    .map(|(after, before)| after.saturating_sub(before)),
                 errors,
             });
             // Let stragglers (sleeping blocking threads, closing sockets) settle.
@@ -258,6 +267,32 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
         cpu,
         lessons: results,
     })
+}
+
+/// `stallscope_stalls_total{route, variant}` as the target's `/metrics` reports it now.
+async fn watchdog_stalls(
+    client: &reqwest::Client,
+    target: &str,
+    route: &str,
+    variant: &str,
+) -> Option<u64> {
+    let text = client
+        .get(format!("{target}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let route_label = format!("route=\"{route}\"");
+    let variant_label = format!("variant=\"{variant}\"");
+    Some(
+        text.lines()
+            .filter(|line| line.starts_with("stallscope_stalls_total{"))
+            .filter(|line| line.contains(&route_label) && line.contains(&variant_label))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64,
+    )
 }
 
 /// Sends `n` requests at once; returns each success's completion time (ms, sorted) and

@@ -68,8 +68,8 @@ pub fn render_table(report: &ExperimentReport) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<16} {:<28} {:>16}  verdict",
-            "variant", "completions (ms)", "slowest/parallel"
+            "  {:<16} {:<22} {:>16} {:>8}  verdict",
+            "variant", "completions (ms)", "slowest/parallel", "stalls"
         );
         for variant in &lesson.variants {
             let completions = variant
@@ -84,12 +84,16 @@ pub fn render_table(report: &ExperimentReport) -> String {
             } else {
                 ""
             };
+            let stalls = variant
+                .watchdog_stalls
+                .map_or_else(|| "?".to_owned(), |n| n.to_string());
             let _ = writeln!(
                 out,
-                "  {:<16} {:<28} {:>16.2}  {}{surprise}",
+                "  {:<16} {:<22} {:>16.2} {:>8}  {}{surprise}",
                 variant.variant,
                 completions,
                 variant.slowdown,
+                stalls,
                 variant.verdict.describe()
             );
             for error in &variant.errors {
@@ -107,7 +111,8 @@ pub fn render_table(report: &ExperimentReport) -> String {
     }
     out.push_str(
         "Read it: a stalling variant's requests finish one after another (slowest ≈ C × D on one \
-         worker); a correct one finishes them together (≈ D).\n",
+         worker); a correct one finishes them together (≈ D). `stalls` counts the polls the \
+         service's watchdog caught holding a worker past its threshold during the run.\n",
     );
     out
 }

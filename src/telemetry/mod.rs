@@ -49,6 +49,7 @@ impl Telemetry {
     /// the recorder's upkeep, and the watchdog's scanning thread.
     pub fn start(&self) -> std::io::Result<()> {
         let _ = self.runtime.set(Handle::current());
+        self.watchdog.attach(Handle::current());
         if !self.enabled() {
             return Ok(());
         }

@@ -51,6 +51,7 @@ pub struct StallReport {
 /// One worker's current poll.
 struct Slot {
     worker: String,
+    thread: std::thread::ThreadId,
     /// Incremented at every poll start; tells one poll from the next.
     seq: AtomicU64,
     /// Nanoseconds since the watchdog's epoch when the current poll started; 0 = idle.
@@ -61,6 +62,9 @@ struct Slot {
     /// The `seq` of the poll the watchdog reported, 0 if none; the lock orders the report
     /// against the poll's end so "in progress" never goes negative or leaks.
     reported_seq: Mutex<u64>,
+    /// The `seq` of a poll seen running after its thread gave the worker away
+    /// (`block_in_place`): long, but not holding a worker, so not a stall.
+    handed_off_seq: AtomicU64,
 }
 
 /// The watchdog shared by the runtime hooks, the route layer and the scanning thread.
@@ -69,6 +73,8 @@ pub struct Watchdog {
     threshold: Duration,
     slots: Mutex<Vec<Weak<Slot>>>,
     stopped: AtomicBool,
+    /// The runtime whose workers the slots belong to; tells which threads hold a worker now.
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 thread_local! {
@@ -83,7 +89,24 @@ impl Watchdog {
             threshold,
             slots: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            runtime: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets the watchdog ask `runtime` which threads hold its workers right now. Without it,
+    /// every long poll counts as a stall, `block_in_place` included.
+    pub fn attach(&self, runtime: tokio::runtime::Handle) {
+        let _ = self.runtime.set(runtime);
+    }
+
+    /// Threads holding a worker right now (`None`: unknown, assume all do).
+    fn worker_threads(&self) -> Option<Vec<std::thread::ThreadId>> {
+        let metrics = self.runtime.get()?.metrics();
+        Some(
+            (0..metrics.num_workers())
+                .filter_map(|w| metrics.worker_thread_id(w))
+                .collect(),
+        )
     }
 
     pub fn threshold(&self) -> Duration {
@@ -101,12 +124,14 @@ impl Watchdog {
             let slot = cell.get_or_insert_with(|| {
                 let slot = Arc::new(Slot {
                     worker: crate::runtime::current_thread_name(),
+                    thread: std::thread::current().id(),
                     seq: AtomicU64::new(0),
                     started_ns: AtomicU64::new(0),
                     task_id: AtomicU64::new(0),
                     spawned_at: AtomicPtr::new(std::ptr::null_mut()),
                     request: Mutex::new(None),
                     reported_seq: Mutex::new(0),
+                    handed_off_seq: AtomicU64::new(0),
                 });
                 if let Ok(mut slots) = self.slots.lock() {
                     slots.push(Arc::downgrade(&slot));
@@ -145,6 +170,9 @@ impl Watchdog {
             }
             let (route, variant) = labels(request.as_deref());
             let seq = slot.seq.load(Ordering::Acquire);
+            if slot.handed_off_seq.load(Ordering::Acquire) == seq {
+                return; // block_in_place: the worker ran elsewhere meanwhile.
+            }
             let was_reported = slot.reported_seq.lock().map(|r| *r == seq).unwrap_or(false);
             if was_reported {
                 metrics::gauge!(STALLS_IN_PROGRESS, "route" => route, "variant" => variant)
@@ -188,11 +216,18 @@ impl Watchdog {
             }
             Err(_) => return 0,
         };
+        let workers = self.worker_threads();
         let mut reported = 0;
         for slot in slots {
             let seq = slot.seq.load(Ordering::Acquire);
             let started = slot.started_ns.load(Ordering::Acquire);
             if started == 0 || now.saturating_sub(started) < threshold_ns {
+                continue;
+            }
+            if workers.as_ref().is_some_and(|w| !w.contains(&slot.thread)) {
+                // This thread handed its worker to another thread (`block_in_place`): the
+                // executor keeps running, so this long poll stalls only its own task.
+                slot.handed_off_seq.store(seq, Ordering::Release);
                 continue;
             }
             let Ok(mut reported_seq) = slot.reported_seq.lock() else {
