@@ -12,6 +12,13 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# tmux drives the real tokio-console in scripts/checks/console.sh; promtool (from Debian's
+# prometheus package) checks /metrics in tests/timing_stalls.rs.
+have tmux || need_apt+=(tmux)
+have promtool || need_apt+=(prometheus)
+have curl || need_apt+=(curl)
+have tokio-console || cargo install tokio-console --locked
+
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
