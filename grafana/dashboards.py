@@ -537,7 +537,8 @@ def executor_health():
 def handler_variants():
     L = Layout()
     for row_title, route, lesson in LESSONS:
-        sel = f'{INSTANCE}, route="{route}"'
+        # `invalid` collects requests for unknown variant names: not a variant to compare.
+        sel = f'{INSTANCE}, route="{route}", variant!="invalid"'
         http_sel = f'{INSTANCE}, http_route="{route}"'
         L.row(row_title)
         L.add(
@@ -579,9 +580,11 @@ def handler_variants():
                 f"{lesson}: latency p50 / p99 and mean per variant",
                 "p50 and p99 are over all of this lesson's variants (the HTTP histogram has no "
                 "variant label); the per-variant lines are the mean handler time from the task "
-                "monitors. A correct variant's mean stays at the requested duration; a stalling "
-                "variant's requests also wait for each other, so with concurrent traffic its "
-                "mean climbs above it. Click for the slowest traces of this route.",
+                "monitors. Both start when the router gets the request: they include waiting for "
+                "a worker after that (an async sleep that woke while a blocking handler held the "
+                "worker), not the wait to be read at all, which only executor lag and the client "
+                "see (k6 prints it per variant). A p99 far above every variant's mean is requests "
+                "queuing behind a stalling variant. Click for the slowest traces of this route.",
                 [
                     target(f"max by (http_route) (stallscope:http_request_duration_seconds:p50_1m{{{http_sel}}})", "p50 (all variants)", "A"),
                     target(f"max by (http_route) (stallscope:http_request_duration_seconds:p99_1m{{{http_sel}}})", "p99 (all variants)", "B"),
@@ -601,7 +604,9 @@ def handler_variants():
                 "(default 1 ms). An async handler is polled briefly each time it wakes up; a "
                 "blocking handler has one poll that lasts the whole request, so its ratio sits "
                 "near 100% (red, and the HighSlowPollRatio alert above 50%). block-in-place is "
-                "slow by design but hands its worker's queue to another thread first.",
+                "slow by design but hands its worker's queue to another thread first. When the "
+                "CPU lesson saturates every core, the OS preempts workers mid-poll and even correct "
+                "variants show some slow polls: look for the line pinned near 100%.",
                 [target(f"avg by (variant) (stallscope:task_slow_polls:ratio_rate1m{{{sel}}})", "{{variant}}", "A")],
                 "percentunit",
                 thresholds=[(None, "green"), (0.1, "#EAB839"), (0.5, "red")],
@@ -685,7 +690,7 @@ def dependencies():
             "gap between the lines is time spent waiting for a worker or a pool thread.",
             [
                 target(
-                    f'avg by (variant) (stallscope:task_latency_seconds:mean_rate1m{{{INSTANCE}, route="{route}"}})',
+                    f'avg by (variant) (stallscope:task_latency_seconds:mean_rate1m{{{INSTANCE}, route="{route}", variant!="invalid"}})',
                     "{{variant}}",
                     "A",
                 )
