@@ -59,15 +59,16 @@ trap cleanup EXIT
 step "Docker build context (.dockerignore) loads as a crate"
 mkdir "$tmp/context"
 "$py" "$here/stackcheck.py" docker "$tmp/context"
-(cd "$tmp/context" && cargo metadata --locked --offline --no-deps --format-version 1 >/dev/null)
+(cd "$tmp/context" && cargo metadata --locked --offline --format-version 1 >"$tmp/metadata.json")
 echo "  cargo metadata --locked on the context: ok"
+"$py" "$here/stackcheck.py" rust-version "$tmp/metadata.json"
 
 if [ -n "${STALLSCOPE_BIN:-}" ]; then
   bin="$STALLSCOPE_BIN"
 else
   step "cargo build --release --locked"
   cargo build --release --locked --bin stallscope
-  bin="$root/target/release/stallscope"
+  bin="${CARGO_TARGET_DIR:-$root/target}/release/stallscope"
 fi
 [ -x "$bin" ] || die "no binary at $bin"
 
@@ -114,7 +115,9 @@ run_k6() { # script, env...
 }
 load_start=$(date +%s)
 run_k6 smoke.js DURATION=3s
-run_k6 variants.js DURATION=8s
+# Light CPU requests (~25 ms): enough for cpu/inline to stall, not enough to saturate both
+# cores, where OS preemption would make even the correct CPU variants' polls look slow.
+run_k6 variants.js DURATION=8s CPU_ITERATIONS=500000
 run_k6 collateral.js BURST_VUS=6
 # load/db.js waits for the database lessons (/users): not run until they are merged.
 

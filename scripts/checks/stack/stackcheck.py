@@ -4,6 +4,7 @@
     stackcheck.py dashboards            structure of grafana/dashboards/*.json
     stackcheck.py compose               docker-compose.yml against the rest of the stack
     stackcheck.py docker CONTEXT_DIR    copy the Docker build context (after .dockerignore)
+    stackcheck.py rust-version METADATA the Dockerfile's Rust covers every locked package
     stackcheck.py healthchecks          run the image's and compose's healthcheck commands
                                         (needs SERVICE_PORT, UPSTREAM_PORT)
     stackcheck.py prom-config OUT TARGET RULES
@@ -386,6 +387,27 @@ def copy_context(dest):
     done("docker context")
 
 
+def check_rust_version(metadata_path):
+    """The builder image's Rust must be new enough for every locked package (rust-version)."""
+    m = re.search(r"^ARG RUST_VERSION=(\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    if not m:
+        fail("the Dockerfile has no ARG RUST_VERSION")
+        done("rust version")
+    image = tuple(int(x) for x in m.group(1).split("."))
+    meta = json.loads(Path(metadata_path).read_text())
+    newest = (0,)
+    for pkg in meta["packages"]:
+        want = pkg.get("rust_version")
+        if not want:
+            continue
+        need = tuple(int(x) for x in want.split("."))
+        newest = max(newest, need)
+        if need[:len(image)] > image:
+            fail(f"{pkg['name']} {pkg['version']} needs Rust {want}; the Dockerfile builds with {m.group(1)}")
+    print(f"  rust:{m.group(1)} covers every locked package (newest rust-version: {'.'.join(map(str, newest))})")
+    done("rust version")
+
+
 # ---------------------------------------------------------------------------------------
 # Healthcheck commands, run against the real service
 
@@ -586,6 +608,8 @@ def main(argv):
         check_compose()
     elif cmd == "docker":
         copy_context(argv[1])
+    elif cmd == "rust-version":
+        check_rust_version(argv[1])
     elif cmd == "healthchecks":
         run_healthchecks()
     elif cmd == "prom-config":
