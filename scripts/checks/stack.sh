@@ -46,6 +46,13 @@ step "Grafana dashboards: generated JSON up to date, structure, datasource uids"
 python3 grafana/dashboards.py --check
 "$py" "$here/stackcheck.py" dashboards
 
+step "k6 inspect load/*.js (every script compiles, db.js included)"
+for script in load/*.js; do
+  [ "$script" = load/lib.js ] && continue
+  "$k6" inspect "$script" >/dev/null
+  echo "  $script ok"
+done
+
 tmp="$(mktemp -d)"
 pids=()
 cleanup() {

@@ -300,10 +300,13 @@ def check_compose():
     targets = [t for sc in job.get("static_configs", []) for t in sc["targets"]]
     if f"stallscope:{metrics_port}" not in targets:
         fail(f"prometheus scrapes {targets}, not the metrics listener stallscope:{metrics_port}")
+    # prometheus/ is mounted whole at /etc/prometheus, so relative rule_files resolve there.
+    if "./prometheus:/etc/prometheus:ro" not in services["prometheus"]["volumes"] or \
+            "--config.file=/etc/prometheus/prometheus.yml" not in services["prometheus"]["command"]:
+        fail("prometheus must mount ./prometheus at /etc/prometheus and read prometheus.yml there")
     for rule_file in prom.get("rule_files", []):
-        mount = next(v for v in services["prometheus"]["volumes"] if v.startswith("./prometheus:"))
-        if not (ROOT / "prometheus" / rule_file).exists() or not mount:
-            fail(f"rule file {rule_file} is not in prometheus/ (mounted next to prometheus.yml)")
+        if Path(rule_file).is_absolute() or not (ROOT / "prometheus" / rule_file).exists():
+            fail(f"rule file {rule_file} must be a relative path inside prometheus/")
     for ds in yaml.safe_load(DATASOURCES.read_text())["datasources"]:
         host, port = urllib.parse.urlparse(ds["url"]).netloc.split(":")
         svc = services.get(host)
