@@ -12,6 +12,14 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# The database tests' throwaway servers (scripts/db-servers.sh) and the C client libraries of
+# diesel's sync PostgreSQL and MySQL connections (libpq, libmysqlclient).
+have mariadbd || [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
+have pg_config || need_apt+=(libpq-dev)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+[ -e /usr/include/mysql/mysql.h ] || [ -e /usr/include/mariadb/mysql.h ] || need_apt+=(default-libmysqlclient-dev)
+have pkg-config || need_apt+=(pkg-config)
+
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
