@@ -798,6 +798,43 @@ async fn pool_and_query_metrics(kind: Kind, test: &str) {
     }
 }
 
+/// A query abandoned half-way (its request cancelled: a timeout, a client gone) must not
+/// break the SQLite connection it ran on. diesel-async's `SyncConnectionWrapper` shares the
+/// connection with the blocking job until that job ends; handing it back to the pool earlier
+/// makes the pool's next health check panic ("Cannot access shared transaction state").
+/// `ObservedSpawn` waits for the job when its future is dropped, as diesel-async's own
+/// spawner does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_abandoned_queries_leave_the_pool_healthy() {
+    let db =
+        TestDb::fresh(Kind::Sqlite, "sqlite_abandoned_queries").expect("SQLite is always there");
+    let mut args = serve_args(2).database;
+    args.database_url = db.url.clone();
+    // One connection, so the next query gets the very connection the abandoned one used.
+    args.db_pool_size = 1;
+    let database = stallscope::db::Database::open(&args).expect("opens");
+    for _ in 0..3 {
+        let abandoned = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            stallscope::db::queries::sleep(&database, 300),
+        )
+        .await;
+        assert!(
+            abandoned.is_err(),
+            "the query should still have been running"
+        );
+        let next = tokio::spawn({
+            let database = database.clone();
+            async move { stallscope::db::queries::ping(&database).await }
+        })
+        .await;
+        assert!(
+            matches!(next, Ok(Ok(()))),
+            "the connection is unusable after an abandoned query: {next:?}"
+        );
+    }
+}
+
 fn urlencode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }

@@ -222,3 +222,50 @@ async fn postgres_outage_and_recovery() {
 async fn mysql_outage_and_recovery() {
     outage_and_recovery(Kind::Mysql, "mysql_outage_and_recovery").await;
 }
+
+/// `POST /login` costs the same whether the username exists (wrong password) or not: both
+/// run one argon2id verification, the unknown user's against a dummy hash. A shortcut for
+/// unknown users would answer in a fraction of the time and reveal which usernames exist.
+#[tokio::test]
+async fn login_timing_does_not_reveal_usernames() {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = TestDb::fresh(Kind::Sqlite, "login_timing_does_not_reveal_usernames") else {
+        return;
+    };
+    let service = service_on(&db, 2, 5_000).await;
+    let client = reqwest::Client::new();
+    let base = service.base_url();
+    let created = client
+        .post(format!("{base}/users"))
+        .json(&json!({"username": "erin", "email": "e@example.com", "password": "the real one"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201);
+    let median_ms = |username: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}/login");
+        async move {
+            let mut times = Vec::new();
+            for _ in 0..7 {
+                let started = Instant::now();
+                let response = client
+                    .post(&url)
+                    .json(&json!({"username": username, "password": "not the password"}))
+                    .send()
+                    .await
+                    .expect("login");
+                assert_eq!(response.status(), 401);
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        }
+    };
+    let known = median_ms("erin").await;
+    let unknown = median_ms("nobody-by-this-name").await;
+    assert!(
+        unknown > 0.5 * known && unknown < 2.0 * known,
+        "wrong password for a real user: {known:.1} ms; unknown user: {unknown:.1} ms"
+    );
+}
