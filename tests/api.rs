@@ -342,6 +342,10 @@ async fn openapi_describes_every_lesson_and_docs_are_served_offline() {
         "/sleep/{variant}",
         "/cpu/{variant}",
         "/upstream/{variant}",
+        "/db/{variant}/users/{id}",
+        "/db/{variant}/sleep",
+        "/users",
+        "/users/{id}",
         "/healthz",
         "/readyz",
         "/hello",
@@ -349,6 +353,17 @@ async fn openapi_describes_every_lesson_and_docs_are_served_offline() {
         assert!(
             spec["paths"][path]["get"].is_object(),
             "{path} missing from OpenAPI"
+        );
+    }
+    for (path, method) in [
+        ("/users", "post"),
+        ("/users/{id}", "patch"),
+        ("/users/{id}", "delete"),
+        ("/login", "post"),
+    ] {
+        assert!(
+            spec["paths"][path][method].is_object(),
+            "{method} {path} missing from OpenAPI"
         );
     }
     let (status, _, body) = call(test_app().router(), Method::GET, "/docs/").await;
