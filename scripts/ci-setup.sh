@@ -18,6 +18,13 @@ have tmux || need_apt+=(tmux)
 have promtool || need_apt+=(prometheus)
 have curl || need_apt+=(curl)
 have tokio-console || cargo install tokio-console --locked
+# The database tests' throwaway servers (scripts/db-servers.sh) and the C client libraries of
+# diesel's sync PostgreSQL and MySQL connections (libpq, libmysqlclient).
+have mariadbd || [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
+have pg_config || need_apt+=(libpq-dev)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+[ -e /usr/include/mysql/mysql.h ] || [ -e /usr/include/mariadb/mysql.h ] || need_apt+=(default-libmysqlclient-dev)
+have pkg-config || need_apt+=(pkg-config)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq

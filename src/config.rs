@@ -133,6 +133,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 impl ServeArgs {
@@ -204,6 +207,39 @@ impl TelemetryArgs {
     }
     pub fn canary_interval(&self) -> Duration {
         Duration::from_millis(self.canary_interval_ms)
+    }
+}
+
+/// Where the database lessons and `/users` keep their data.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://PATH` (the embedded default: a file, no server), `postgres://…` or
+    /// `mysql://…`. The backend follows from the scheme; migrations run at start-up.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://stallscope.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Connections per pool. There are two pools: the async one (diesel-async, used by the
+    /// `async` and `raw` variants and `/users`) and the sync one (diesel, used by the
+    /// `blocking` and `spawn-blocking` variants); each gets this many.
+    #[arg(long, env = "STALLSCOPE_DB_POOL_SIZE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_pool_size: u32,
+
+    /// Give up waiting for a pooled connection (or for a new one to connect) after this many
+    /// milliseconds; the request is answered 503.
+    #[arg(long, env = "STALLSCOPE_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_acquire_timeout_ms: u64,
+}
+
+impl DatabaseArgs {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
     }
 }
 

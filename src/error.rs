@@ -46,6 +46,70 @@ pub enum AppError {
     /// A bug on our side (a panicked blocking task, say). Never caused by input.
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// A path segment (an id) is malformed.
+    #[error("invalid path parameter `{name}`: {detail}")]
+    InvalidPathParameter { name: &'static str, detail: String },
+
+    /// A JSON body parsed but some of its fields are missing or invalid; lists every one.
+    #[error("{} invalid field(s): {}", fields.len(), field_names(fields))]
+    Validation { fields: Vec<FieldError> },
+
+    /// The body is not JSON at all.
+    #[error("the body is not valid JSON: {0}")]
+    BadJson(String),
+
+    /// The body is not declared as `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+
+    /// The body is over the route's size limit.
+    #[error("the body is larger than the {limit}-byte limit")]
+    PayloadTooLarge { limit: usize },
+
+    /// The resource does not exist (a user id, say).
+    #[error("{0}")]
+    NotFound(String),
+
+    /// The write conflicts with existing data (a taken username).
+    #[error("{0}")]
+    Conflict(String),
+
+    /// The credentials are wrong. Deliberately one message for "no such user" and "wrong
+    /// password".
+    #[error("invalid username or password")]
+    Unauthorized,
+
+    /// A query failed for a reason other than bad input or an unreachable database. The
+    /// details go to the log only: database messages can quote stored values.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+/// One failing field of a JSON body.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// The field's name in the request body.
+    pub field: String,
+    /// What is wrong with it (never its value: it may be a password).
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn field_names(fields: &[FieldError]) -> String {
+    fields
+        .iter()
+        .map(|f| f.field.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The RFC 9457 body. `type` stays `about:blank`, so `title` is the status phrase.
@@ -65,6 +129,9 @@ pub struct ProblemDoc {
     /// The lesson's variants, for 404s about an unknown one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_variants: Option<&'static [&'static str]>,
+    /// Every failing field, for 422s about a JSON body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid_fields: Option<Vec<FieldError>>,
 }
 
 impl AppError {
@@ -78,7 +145,14 @@ impl AppError {
             AppError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             AppError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Internal(_) | AppError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::InvalidPathParameter { .. } | AppError::BadJson(_) => StatusCode::BAD_REQUEST,
+            AppError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -94,6 +168,9 @@ impl AppError {
             ),
             AppError::RouteNotFound { path } => {
                 format!("no route matches `{path}`; see /docs for the API")
+            }
+            AppError::Database(_) => {
+                "the database reported an unexpected error; it has been logged".to_owned()
             }
             other => other.to_string(),
         }
@@ -112,11 +189,16 @@ impl IntoResponse for AppError {
             status: status.as_u16(),
             detail: self.detail(),
             parameter: match &self {
-                AppError::InvalidParameter { name, .. } => Some(name),
+                AppError::InvalidParameter { name, .. }
+                | AppError::InvalidPathParameter { name, .. } => Some(name),
                 _ => None,
             },
             valid_variants: match &self {
                 AppError::UnknownVariant { valid, .. } => Some(valid),
+                _ => None,
+            },
+            invalid_fields: match self {
+                AppError::Validation { fields } => Some(fields),
                 _ => None,
             },
         };

@@ -50,12 +50,19 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     let runtime = crate::runtime::build(&args.runtime, telemetry.watchdog())
         .context("could not build the runtime")?;
     let shutdown = CancellationToken::new();
+    // Migrations run here, before the runtime starts, on this (ordinary) thread.
+    let db = crate::db::Database::open(&args.database).context("could not open the database")?;
+    tracing::info!(
+        backend = db.backend().as_str(),
+        "database ready: migrations applied"
+    );
     let state = AppState::new(
         args.limits.clone(),
         base_url,
         args.upstream.timeout(),
         shutdown.clone(),
         telemetry,
+        db,
     )?;
     Ok(Prepared {
         state,

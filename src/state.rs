@@ -7,6 +7,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LimitArgs;
+use crate::db::Database;
+use crate::db::password::Passwords;
 use crate::error::AppError;
 use crate::telemetry::{Telemetry, trace_context};
 use tracing::Instrument;
@@ -21,6 +23,10 @@ pub struct AppState {
     /// Cancelled when shutdown begins: `/readyz` turns 503 and the server drains.
     pub shutdown: CancellationToken,
     pub telemetry: Arc<Telemetry>,
+    /// The database lessons' pools (see [`crate::db`]).
+    pub db: Database,
+    /// argon2id hashing for `/users` and `/login`, on the blocking pool.
+    pub passwords: Passwords,
 }
 
 impl AppState {
@@ -31,6 +37,7 @@ impl AppState {
         upstream_timeout: Duration,
         shutdown: CancellationToken,
         telemetry: Arc<Telemetry>,
+        db: Database,
     ) -> Result<Self, StateError> {
         let cpu_pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("rayon-cpu-{i}"))
@@ -41,6 +48,8 @@ impl AppState {
             cpu_pool: Arc::new(cpu_pool),
             shutdown,
             telemetry,
+            db,
+            passwords: Passwords::new(),
         })
     }
 }

@@ -9,6 +9,7 @@ use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use stallscope::config::{LimitArgs, ServeArgs};
+use stallscope::db::Database;
 use stallscope::telemetry::Telemetry;
 use stallscope::{AppState, app};
 use tokio_util::sync::CancellationToken;
@@ -17,24 +18,55 @@ use tower::ServiceExt;
 const MAX_SLEEP_MS: u64 = 10_000;
 const MAX_CPU_ITERATIONS: u64 = 5_000_000;
 
-fn app_with_upstream(upstream_url: &str, timeout: Duration) -> Router {
+/// A fresh SQLite database in a temporary directory, removed when the `TempDir` drops.
+fn sqlite_database() -> (Database, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut args = ServeArgs::defaults().database;
+    args.database_url = format!("sqlite://{}", dir.path().join("api.db").display());
+    let db = Database::open(&args).expect("SQLite opens");
+    (db, dir)
+}
+
+/// The real router and the directory of its database. Used as `test_app().router()` inside
+/// one statement, the temporary keeps the database until the request has been answered.
+struct TestApp {
+    router: Router,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    fn new(state: AppState, dir: tempfile::TempDir) -> Self {
+        Self {
+            router: app(state),
+            _dir: dir,
+        }
+    }
+
+    fn router(&self) -> Router {
+        self.router.clone()
+    }
+}
+
+fn app_with_upstream(upstream_url: &str, timeout: Duration) -> TestApp {
     let limits = LimitArgs {
         max_sleep_ms: MAX_SLEEP_MS,
         max_cpu_iterations: MAX_CPU_ITERATIONS,
     };
+    let (db, dir) = sqlite_database();
     let state = AppState::new(
         limits,
         upstream_url.to_owned(),
         timeout,
         CancellationToken::new(),
         Telemetry::new(&ServeArgs::defaults().telemetry),
+        db,
     )
     .expect("state");
-    app(state)
+    TestApp::new(state, dir)
 }
 
 /// An app whose upstream is a closed port: lesson calls that reach it fail with 502.
-fn test_app() -> Router {
+fn test_app() -> TestApp {
     app_with_upstream("http://127.0.0.1:9", Duration::from_secs(2))
 }
 
@@ -125,7 +157,7 @@ async fn bad_parameters_are_400_problems_naming_the_parameter_and_range() {
     .map(|(path, query, param, reason)| (format!("{path}?{query}"), param, reason, path))
     .collect();
     for (uri, param, reason, path) in cases {
-        let (status, doc) = problem(test_app(), &uri).await;
+        let (status, doc) = problem(test_app().router(), &uri).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {doc}");
         assert_eq!(doc["parameter"], param, "{uri}: {doc}");
         let detail = doc["detail"].as_str().unwrap_or_default();
@@ -155,7 +187,7 @@ async fn unknown_variants_are_404_problems_listing_the_valid_ones() {
             vec!["async", "blocking", "spawn-blocking"],
         ),
     ] {
-        let (status, doc) = problem(test_app(), uri).await;
+        let (status, doc) = problem(test_app().router(), uri).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
         let listed: Vec<&str> = doc["valid_variants"]
             .as_array()
@@ -172,7 +204,7 @@ async fn unknown_variants_are_404_problems_listing_the_valid_ones() {
 
 #[tokio::test]
 async fn unknown_paths_and_methods_are_problems() {
-    let (status, doc) = problem(test_app(), "/no/such/route").await;
+    let (status, doc) = problem(test_app().router(), "/no/such/route").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(
         doc["detail"]
@@ -181,7 +213,8 @@ async fn unknown_paths_and_methods_are_problems() {
             .contains("/no/such/route")
     );
 
-    let (status, content_type, _) = call(test_app(), Method::POST, "/sleep/async?ms=1").await;
+    let (status, content_type, _) =
+        call(test_app().router(), Method::POST, "/sleep/async?ms=1").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(content_type, "application/problem+json");
 }
@@ -208,7 +241,7 @@ async fn every_variant_answers_with_a_work_report() {
     ];
     for (uri, work, variant) in cases {
         let app = app_with_upstream(&upstream.base_url(), Duration::from_secs(5));
-        let (status, content_type, body) = call(app, Method::GET, uri).await;
+        let (status, content_type, body) = call(app.router(), Method::GET, uri).await;
         assert_eq!(
             status,
             StatusCode::OK,
@@ -237,7 +270,7 @@ async fn every_variant_answers_with_a_work_report() {
             _ => assert_ne!(report["work_thread"], report["handler_thread"], "{uri}"),
         }
     }
-    let (_, _, body) = call(test_app(), Method::GET, "/cpu/inline?iterations=1").await;
+    let (_, _, body) = call(test_app().router(), Method::GET, "/cpu/inline?iterations=1").await;
     let report: Value = serde_json::from_slice(&body).expect("JSON");
     // SHA-256 of 32 zero bytes: proves the work really ran.
     assert_eq!(report["output"]["digest_prefix"], "66687aadf862bd77");
@@ -247,7 +280,7 @@ async fn every_variant_answers_with_a_work_report() {
 async fn upstream_failures_map_to_502_and_timeouts_to_504() {
     for variant in ["async", "blocking", "spawn-blocking"] {
         let uri = format!("/upstream/{variant}?ms=10");
-        let (status, doc) = problem(test_app(), &uri).await;
+        let (status, doc) = problem(test_app().router(), &uri).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{uri}: {doc}");
     }
     let upstream = stallscope::upstream::start_in_background("127.0.0.1:0".parse().expect("addr"))
@@ -255,7 +288,7 @@ async fn upstream_failures_map_to_502_and_timeouts_to_504() {
     for variant in ["async", "blocking", "spawn-blocking"] {
         let app = app_with_upstream(&upstream.base_url(), Duration::from_millis(100));
         let uri = format!("/upstream/{variant}?ms=1000");
-        let (status, doc) = problem(app, &uri).await;
+        let (status, doc) = problem(app.router(), &uri).await;
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{uri}: {doc}");
         assert!(
             doc["detail"]
@@ -268,12 +301,12 @@ async fn upstream_failures_map_to_502_and_timeouts_to_504() {
 
 #[tokio::test]
 async fn health_and_baseline() {
-    let (status, _, body) = call(test_app(), Method::GET, "/healthz").await;
+    let (status, _, body) = call(test_app().router(), Method::GET, "/healthz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, br#"{"status":"ok"}"#);
-    let (status, _, body) = call(test_app(), Method::GET, "/readyz").await;
+    let (status, _, body) = call(test_app().router(), Method::GET, "/readyz").await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    let (status, _, body) = call(test_app(), Method::GET, "/hello").await;
+    let (status, _, body) = call(test_app().router(), Method::GET, "/hello").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, b"Hello, world!");
 }
@@ -285,28 +318,34 @@ async fn readyz_fails_once_shutdown_begins() {
         max_sleep_ms: 1,
         max_cpu_iterations: 1,
     };
+    let (db, dir) = sqlite_database();
     let state = AppState::new(
         limits,
         "http://127.0.0.1:9".into(),
         Duration::from_secs(1),
         shutdown.clone(),
         Telemetry::new(&ServeArgs::defaults().telemetry),
+        db,
     )
     .expect("state");
     shutdown.cancel();
-    let (status, doc) = problem(app(state), "/readyz").await;
+    let (status, doc) = problem(TestApp::new(state, dir).router(), "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{doc}");
 }
 
 #[tokio::test]
 async fn openapi_describes_every_lesson_and_docs_are_served_offline() {
-    let (status, _, body) = call(test_app(), Method::GET, "/openapi.json").await;
+    let (status, _, body) = call(test_app().router(), Method::GET, "/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     let spec: Value = serde_json::from_slice(&body).expect("OpenAPI is JSON");
     for path in [
         "/sleep/{variant}",
         "/cpu/{variant}",
         "/upstream/{variant}",
+        "/db/{variant}/users/{id}",
+        "/db/{variant}/sleep",
+        "/users",
+        "/users/{id}",
         "/healthz",
         "/readyz",
         "/hello",
@@ -316,7 +355,18 @@ async fn openapi_describes_every_lesson_and_docs_are_served_offline() {
             "{path} missing from OpenAPI"
         );
     }
-    let (status, _, body) = call(test_app(), Method::GET, "/docs/").await;
+    for (path, method) in [
+        ("/users", "post"),
+        ("/users/{id}", "patch"),
+        ("/users/{id}", "delete"),
+        ("/login", "post"),
+    ] {
+        assert!(
+            spec["paths"][path][method].is_object(),
+            "{method} {path} missing from OpenAPI"
+        );
+    }
+    let (status, _, body) = call(test_app().router(), Method::GET, "/docs/").await;
     assert_eq!(status, StatusCode::OK);
     let page = String::from_utf8_lossy(&body);
     assert!(page.contains("swagger-ui"), "{page}");
@@ -330,10 +380,15 @@ async fn openapi_describes_every_lesson_and_docs_are_served_offline() {
         "/docs/swagger-ui-bundle.js",
         "/docs/swagger-initializer.js",
     ] {
-        let (status, _, body) = call(test_app(), Method::GET, asset).await;
+        let (status, _, body) = call(test_app().router(), Method::GET, asset).await;
         assert_eq!(status, StatusCode::OK, "{asset}");
         assert!(!body.is_empty(), "{asset}");
     }
-    let (_, _, body) = call(test_app(), Method::GET, "/docs/swagger-initializer.js").await;
+    let (_, _, body) = call(
+        test_app().router(),
+        Method::GET,
+        "/docs/swagger-initializer.js",
+    )
+    .await;
     assert!(String::from_utf8_lossy(&body).contains("/openapi.json"));
 }

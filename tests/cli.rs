@@ -12,9 +12,13 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn spawn(args: &[&str]) -> Child {
+/// Runs the binary in `workdir`, where its default database (`sqlite://stallscope.db`, a
+/// file in the working directory) is created.
+fn spawn(workdir: &std::path::Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_stallscope"))
         .args(args)
+        .current_dir(workdir)
+        .env_remove("DATABASE_URL")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -51,7 +55,8 @@ fn sigterm(child: &Child) {
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
-    let child = spawn(&["--bind", &bind, "--workers", "1"]);
+    let workdir = tempfile::tempdir().expect("temp dir");
+    let child = spawn(workdir.path(), &["--bind", &bind, "--workers", "1"]);
     let base = format!("http://{bind}");
     wait_healthy(&format!("{base}/healthz")).await;
 
@@ -82,8 +87,11 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 async fn environment_configures_bind_and_limits() {
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
+    let workdir = tempfile::tempdir().expect("temp dir");
     let child = Command::new(env!("CARGO_BIN_EXE_stallscope"))
         .arg("serve")
+        .current_dir(workdir.path())
+        .env_remove("DATABASE_URL")
         .env("STALLSCOPE_BIND", &bind)
         .env("STALLSCOPE_MAX_SLEEP_MS", "50")
         .stdout(Stdio::null())
@@ -100,6 +108,10 @@ async fn environment_configures_bind_and_limits() {
     let body = response.text().await.expect("body");
     assert!(body.contains("from 0 to 50"), "{body}");
     drop(child);
+    assert!(
+        workdir.path().join("stallscope.db").is_file(),
+        "with no DATABASE_URL the service keeps its users in ./stallscope.db"
+    );
 }
 
 /// `stallscope upstream` serves the slow endpoint alone (docker-compose runs it this way).
@@ -107,7 +119,8 @@ async fn environment_configures_bind_and_limits() {
 async fn standalone_upstream_serves_slow_requests() {
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
-    let child = spawn(&["upstream", "--bind", &bind]);
+    let workdir = tempfile::tempdir().expect("temp dir");
+    let child = spawn(workdir.path(), &["upstream", "--bind", &bind]);
     wait_healthy(&format!("http://{bind}/healthz")).await;
     let started = std::time::Instant::now();
     let body = reqwest::get(format!("http://{bind}/slow?ms=200"))

@@ -98,8 +98,12 @@ async fn cpu_lesson_with_one_worker() {
 #[tokio::test]
 async fn experiment_json_verdicts() {
     let _serial = SERIAL.lock().await;
+    // The in-process service keeps the db lesson's SQLite file in the working directory.
+    let workdir = tempfile::tempdir().expect("temp dir");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_stallscope"))
         .args(["experiment", "--json", "--ms", "300", "--workers", "1"])
+        .current_dir(workdir.path())
+        .env_remove("DATABASE_URL")
         .env("RUST_LOG", "warn")
         .output()
         .await
@@ -120,7 +124,7 @@ async fn experiment_json_verdicts() {
         .iter()
         .filter_map(|l| l["lesson"].as_str())
         .collect();
-    assert_eq!(names, ["sleep", "cpu", "upstream"]);
+    assert_eq!(names, ["sleep", "cpu", "upstream", "db"]);
     let mut serialised = Vec::new();
     for lesson in lessons {
         for variant in lesson["variants"].as_array().expect("variants") {
@@ -152,7 +156,12 @@ async fn experiment_json_verdicts() {
     }
     assert_eq!(
         serialised,
-        ["sleep/blocking", "cpu/inline", "upstream/blocking"],
+        [
+            "sleep/blocking",
+            "cpu/inline",
+            "upstream/blocking",
+            "db/blocking"
+        ],
         "only the stalling variants are serialised"
     );
 }

@@ -19,6 +19,7 @@ pub use report::{Verdict, render_table};
 
 use crate::config::{ServeArgs, available_cpus};
 use crate::routes::cpu::CpuVariant;
+use crate::routes::db::DbVariant;
 use crate::routes::sleep::SleepVariant;
 use crate::routes::upstream::UpstreamVariant;
 use crate::server::RunningService;
@@ -58,6 +59,7 @@ pub enum LessonChoice {
     Sleep,
     Cpu,
     Upstream,
+    Db,
     All,
 }
 
@@ -67,7 +69,8 @@ impl LessonChoice {
             LessonChoice::Sleep => vec![Lesson::Sleep],
             LessonChoice::Cpu => vec![Lesson::Cpu],
             LessonChoice::Upstream => vec![Lesson::Upstream],
-            LessonChoice::All => vec![Lesson::Sleep, Lesson::Cpu, Lesson::Upstream],
+            LessonChoice::Db => vec![Lesson::Db],
+            LessonChoice::All => vec![Lesson::Sleep, Lesson::Cpu, Lesson::Upstream, Lesson::Db],
         }
     }
 }
@@ -78,6 +81,7 @@ pub enum Lesson {
     Sleep,
     Cpu,
     Upstream,
+    Db,
 }
 
 impl Lesson {
@@ -86,6 +90,7 @@ impl Lesson {
             Lesson::Sleep => SleepVariant::LESSON,
             Lesson::Cpu => CpuVariant::LESSON,
             Lesson::Upstream => UpstreamVariant::LESSON,
+            Lesson::Db => DbVariant::LESSON,
         }
     }
 
@@ -94,6 +99,7 @@ impl Lesson {
             Lesson::Sleep => SleepVariant::NAMES,
             Lesson::Cpu => CpuVariant::NAMES,
             Lesson::Upstream => UpstreamVariant::NAMES,
+            Lesson::Db => DbVariant::NAMES,
         }
     }
 
@@ -101,7 +107,10 @@ impl Lesson {
     pub fn stalls(self, variant: &str) -> bool {
         matches!(
             (self, variant),
-            (Lesson::Sleep, "blocking") | (Lesson::Cpu, "inline") | (Lesson::Upstream, "blocking")
+            (Lesson::Sleep, "blocking")
+                | (Lesson::Cpu, "inline")
+                | (Lesson::Upstream, "blocking")
+                | (Lesson::Db, "blocking")
         )
     }
 }
@@ -229,6 +238,9 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
                     "{target}/cpu/{variant}?iterations={}",
                     cpu.map_or(1, |c| c.iterations)
                 ),
+                // The database waits D ms itself (pg_sleep, SLEEP(), or SQLite's
+                // stallscope_sleep): the database lesson's equivalent of /sleep.
+                Lesson::Db => format!("{target}/db/{variant}/sleep?ms={}", args.ms),
                 _ => format!("{target}/{}/{variant}?ms={}", lesson.name(), args.ms),
             };
             let route = format!("/{}/{{variant}}", lesson.name());

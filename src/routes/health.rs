@@ -20,16 +20,19 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: the service accepts lesson traffic (503 once shutdown has begun).
+/// Readiness: the service accepts lesson traffic. 503 once shutdown has begun, or while the
+/// database does not answer a `SELECT 1` within the acquire timeout; it turns 200 again by
+/// itself when the database is back.
 #[utoipa::path(get, path = "/readyz", tag = "service",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "Shutting down", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the database is unreachable", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, AppError> {
     if state.shutdown.is_cancelled() {
         return Err(AppError::Unavailable("the service is shutting down".into()));
     }
+    state.db.ping().await?;
     Ok(Json(Health { status: "ready" }))
 }
 

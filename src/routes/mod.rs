@@ -1,12 +1,14 @@
 //! The HTTP surface: one module per lesson, plus health and docs.
 
 pub mod cpu;
+pub mod db;
 pub mod health;
 pub mod metrics;
 pub mod params;
 pub mod report;
 pub mod sleep;
 pub mod upstream;
+pub mod users;
 pub(crate) mod variant;
 
 use std::sync::Arc;
@@ -25,6 +27,8 @@ use crate::telemetry::{Telemetry, route_layer};
 pub const SLEEP_ROUTE: &str = "/sleep/{variant}";
 pub const CPU_ROUTE: &str = "/cpu/{variant}";
 pub const UPSTREAM_ROUTE: &str = "/upstream/{variant}";
+pub const DB_USER_ROUTE: &str = "/db/{variant}/users/{id}";
+pub const DB_SLEEP_ROUTE: &str = "/db/{variant}/sleep";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,12 +43,23 @@ pub const UPSTREAM_ROUTE: &str = "/upstream/{variant}";
         metrics::metrics,
         sleep::handler,
         cpu::handler,
-        upstream::handler
+        upstream::handler,
+        db::user,
+        db::sleep,
+        users::create,
+        users::fetch,
+        users::list,
+        users::update,
+        users::remove,
+        users::login
     ),
+    components(schemas(crate::error::FieldError)),
     tags(
         (name = "sleep", description = "Waiting: tokio::time::sleep vs std::thread::sleep"),
         (name = "cpu", description = "Computing: inline hashing vs the blocking pool vs rayon"),
         (name = "upstream", description = "Calling a slow service: reqwest vs a blocking client"),
+        (name = "db", description = "Querying a database: diesel-async vs a sync diesel connection"),
+        (name = "users", description = "CRUD on users (diesel models through diesel-async) and login"),
         (name = "service", description = "Health and baseline"),
     )
 )]
@@ -56,6 +71,7 @@ pub fn variants_of(route: &str) -> Option<&'static [&'static str]> {
         SLEEP_ROUTE => Some(sleep::SleepVariant::NAMES),
         CPU_ROUTE => Some(cpu::CpuVariant::NAMES),
         UPSTREAM_ROUTE => Some(upstream::UpstreamVariant::NAMES),
+        DB_USER_ROUTE | DB_SLEEP_ROUTE => Some(db::DbVariant::NAMES),
         _ => None,
     }
 }
@@ -71,6 +87,9 @@ pub fn router(state: AppState) -> Router {
         .route(SLEEP_ROUTE, get(sleep::handler))
         .route(CPU_ROUTE, get(cpu::handler))
         .route(UPSTREAM_ROUTE, get(upstream::handler))
+        .route(DB_USER_ROUTE, get(db::user))
+        .route(DB_SLEEP_ROUTE, get(db::sleep))
+        .merge(users::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);

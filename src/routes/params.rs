@@ -45,6 +45,26 @@ impl QueryParams {
         }
         Ok(value)
     }
+
+    /// Like [`Self::bounded_u64`], but `default` when the parameter is absent.
+    pub fn optional_u64(
+        &self,
+        name: &'static str,
+        min: u64,
+        max: u64,
+        default: u64,
+    ) -> Result<u64, AppError> {
+        if self.0.contains_key(name) {
+            self.bounded_u64(name, min, max)
+        } else {
+            Ok(default)
+        }
+    }
+
+    /// A text parameter as given, if present.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
 }
 
 #[cfg(test)]
@@ -60,6 +80,16 @@ mod tests {
         assert_eq!(parse("ms=0").ok(), Some(0));
         assert_eq!(parse("ms=100").ok(), Some(100));
         assert_eq!(parse("other=1&ms=42").ok(), Some(42));
+    }
+
+    #[test]
+    fn optional_values_default_only_when_absent() {
+        let params = QueryParams::parse(Some("limit=5&username=a%27b"));
+        assert_eq!(params.optional_u64("limit", 1, 10, 3).ok(), Some(5));
+        assert_eq!(params.optional_u64("cursor", 0, 10, 0).ok(), Some(0));
+        assert!(params.optional_u64("limit", 6, 10, 7).is_err());
+        assert_eq!(params.text("username"), Some("a'b"));
+        assert_eq!(params.text("email"), None);
     }
 
     #[test]

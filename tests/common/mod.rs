@@ -2,6 +2,8 @@
 //! concurrent requests timed from a client on a different runtime.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod db;
+
 use std::time::Instant;
 
 use futures::future::join_all;
@@ -21,9 +23,33 @@ pub fn serve_args(workers: u16) -> ServeArgs {
     args
 }
 
-/// Starts the real service (own thread, own runtime) and waits until it answers.
-pub async fn start(args: &ServeArgs) -> RunningService {
-    let service = RunningService::start(args).expect("service starts");
+/// A [`RunningService`] and, when the test did not pick a database, the temporary directory
+/// of its own SQLite file (removed after the service stops).
+pub struct TestService {
+    service: RunningService,
+    _db_dir: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for TestService {
+    type Target = RunningService;
+    fn deref(&self) -> &RunningService {
+        &self.service
+    }
+}
+
+/// Starts the real service (own thread, own runtime) and waits until it answers. A test that
+/// left `database_url` at its default gets a fresh SQLite file in a temporary directory
+/// instead of `./stallscope.db`.
+pub async fn start(args: &ServeArgs) -> TestService {
+    let mut args = args.clone();
+    let db_dir = if args.database.database_url == ServeArgs::defaults().database.database_url {
+        let dir = tempfile::tempdir().expect("temp dir");
+        args.database.database_url = format!("sqlite://{}", dir.path().join("test.db").display());
+        Some(dir)
+    } else {
+        None
+    };
+    let service = RunningService::start(&args).expect("service starts");
     let client = reqwest::Client::new();
     for _ in 0..100 {
         if client
@@ -32,7 +58,10 @@ pub async fn start(args: &ServeArgs) -> RunningService {
             .await
             .is_ok()
         {
-            return service;
+            return TestService {
+                service,
+                _db_dir: db_dir,
+            };
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -74,6 +103,8 @@ pub struct ServiceProcess {
     /// The admin listener (`--metrics-bind`), scrapeable while the service is stalled.
     pub admin_url: String,
     pub logs: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
+    /// The working directory, where its default SQLite database lives.
+    _workdir: tempfile::TempDir,
 }
 
 impl ServiceProcess {
@@ -87,8 +118,11 @@ impl ServiceProcess {
         use tokio::io::AsyncBufReadExt;
         let bind = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
+        let workdir = tempfile::tempdir().expect("temp dir");
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stallscope"))
             .arg("serve")
+            .current_dir(workdir.path())
+            .env_remove("DATABASE_URL")
             .args(["--bind", &bind, "--metrics-bind", &admin])
             .args(args)
             .env("RUST_LOG", "info")
@@ -113,6 +147,7 @@ impl ServiceProcess {
             base_url: format!("http://{bind}"),
             admin_url: format!("http://{admin}"),
             logs,
+            _workdir: workdir,
         };
         let client = reqwest::Client::new();
         for _ in 0..200 {

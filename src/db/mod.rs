@@ -1,0 +1,272 @@
+//! The data layer of the database lessons: one `users` table on SQLite, PostgreSQL or MySQL,
+//! picked by `DATABASE_URL`, reached through an async pool (diesel-async) and a sync pool
+//! (diesel). [`queries`] holds every query, written once for all three backends.
+
+mod backend;
+pub mod models;
+pub mod password;
+pub mod pool;
+pub mod queries;
+pub mod schema;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::Connection;
+use diesel::mysql::MysqlConnection;
+use diesel::pg::PgConnection;
+use diesel::sqlite::SqliteConnection;
+use diesel_async::pooled_connection::ManagerConfig;
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, AsyncPgConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures::FutureExt;
+
+pub use backend::Backend;
+use pool::{AsyncManager, AsyncPool, ObservedSpawn, SyncPool};
+
+use crate::config::DatabaseArgs;
+use crate::error::AppError;
+
+/// SQLite through diesel-async: the sync connection, run on the blocking pool per query.
+pub type AsyncSqliteConnection = SyncConnectionWrapper<SqliteConnection, ObservedSpawn>;
+
+/// The async pool, whichever the backend. [`queries`] matches on it once per query and
+/// writes the query once for all arms (the `databases` lesson).
+pub enum AnyPool {
+    Postgres(AsyncPool<AsyncManager<AsyncPgConnection>>),
+    Mysql(AsyncPool<AsyncManager<AsyncMysqlConnection>>),
+    Sqlite(AsyncPool<AsyncManager<AsyncSqliteConnection>>),
+}
+
+/// The sync pool, whichever the backend.
+pub enum AnySyncPool {
+    Postgres(SyncPool<diesel::r2d2::ConnectionManager<PgConnection>>),
+    Mysql(SyncPool<diesel::r2d2::ConnectionManager<MysqlConnection>>),
+    Sqlite(SyncPool<diesel::r2d2::ConnectionManager<SqliteConnection>>),
+}
+
+/// The database handle in `AppState`; cheap to clone.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    pool: AnyPool,
+    sync: AnySyncPool,
+    acquire_timeout: Duration,
+}
+
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Why the database could not be opened at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("invalid DATABASE_URL: {0}")]
+    InvalidUrl(String),
+    #[error("could not connect to {backend} to run migrations: {detail}")]
+    Connect {
+        backend: &'static str,
+        detail: String,
+    },
+    #[error("migrations failed on {backend}: {detail}")]
+    Migrate {
+        backend: &'static str,
+        detail: String,
+    },
+    #[error(transparent)]
+    Pool(#[from] DbError),
+}
+
+/// What a query can fail with, before a handler adds its context.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database cannot be reached, or no connection came free in time: 503.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A unique constraint rejected the write (a taken username): the handler says 409.
+    #[error("a unique constraint rejected the write")]
+    Duplicate,
+    /// Anything else: a bug or an unexpected database state, 500.
+    #[error("query failed: {0}")]
+    Query(String),
+}
+
+impl From<diesel::result::Error> for DbError {
+    fn from(err: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match err {
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => DbError::Duplicate,
+            // The connection died under the query (the server went away mid-request).
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                info,
+            ) => DbError::Unavailable(info.message().to_owned()),
+            other => DbError::Query(other.to_string()),
+        }
+    }
+}
+
+impl From<DbError> for AppError {
+    fn from(err: DbError) -> Self {
+        match err {
+            DbError::Unavailable(detail) => AppError::Unavailable(detail),
+            DbError::Duplicate => AppError::Conflict("the value is already taken".into()),
+            DbError::Query(detail) => AppError::Database(detail),
+        }
+    }
+}
+
+impl Database {
+    /// Parses the URL, applies pending migrations over a sync connection, and builds both
+    /// pools (they connect lazily). Blocking: call it before the runtime starts, or on the
+    /// blocking pool.
+    pub fn open(args: &DatabaseArgs) -> Result<Self, OpenError> {
+        let (backend, url) = Backend::from_url(&args.database_url)?;
+        let size = args.db_pool_size;
+        let timeout = args.acquire_timeout();
+        let pool_size = usize::try_from(size).unwrap_or(usize::MAX);
+        let (pool, sync) = match backend {
+            Backend::Postgres => {
+                migrate::<PgConnection>(backend, &url, POSTGRES_MIGRATIONS, |_| Ok(()))?;
+                (
+                    AnyPool::Postgres(AsyncPool::new(
+                        backend,
+                        AsyncManager::<AsyncPgConnection>::new(url.clone()),
+                        pool_size,
+                        timeout,
+                    )?),
+                    AnySyncPool::Postgres(SyncPool::new(backend, &url, size, timeout, None)),
+                )
+            }
+            Backend::Mysql => {
+                migrate::<MysqlConnection>(backend, &url, MYSQL_MIGRATIONS, |_| Ok(()))?;
+                (
+                    AnyPool::Mysql(AsyncPool::new(
+                        backend,
+                        AsyncManager::<AsyncMysqlConnection>::new(url.clone()),
+                        pool_size,
+                        timeout,
+                    )?),
+                    AnySyncPool::Mysql(SyncPool::new(backend, &url, size, timeout, None)),
+                )
+            }
+            Backend::Sqlite => {
+                migrate::<SqliteConnection>(
+                    backend,
+                    &url,
+                    SQLITE_MIGRATIONS,
+                    sqlite::prepare_connection,
+                )?;
+                (
+                    AnyPool::Sqlite(AsyncPool::new(
+                        backend,
+                        AsyncManager::new_with_config(url.clone(), sqlite_async_setup()),
+                        pool_size,
+                        timeout,
+                    )?),
+                    AnySyncPool::Sqlite(SyncPool::new(
+                        backend,
+                        &url,
+                        size,
+                        timeout,
+                        Some(Box::new(SqliteSetup)),
+                    )),
+                )
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                pool,
+                sync,
+                acquire_timeout: timeout,
+            }),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+
+    pub fn sync_pool(&self) -> &AnySyncPool {
+        &self.inner.sync
+    }
+
+    /// `SELECT 1` through the async pool, bounded by the acquire timeout (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let limit = self.inner.acquire_timeout;
+        tokio::time::timeout(limit, queries::ping(self))
+            .await
+            .map_err(|_| {
+                DbError::Unavailable(format!("no answer within {} ms", limit.as_millis()))
+            })?
+    }
+}
+
+/// Applies pending migrations over one short-lived sync connection.
+fn migrate<C>(
+    backend: Backend,
+    url: &str,
+    migrations: EmbeddedMigrations,
+    prepare: fn(&mut C) -> diesel::QueryResult<()>,
+) -> Result<(), OpenError>
+where
+    C: Connection + MigrationHarness<C::Backend>,
+{
+    let name = backend.as_str();
+    let mut conn = C::establish(url).map_err(|err| OpenError::Connect {
+        backend: name,
+        detail: err.to_string(),
+    })?;
+    prepare(&mut conn).map_err(|err| OpenError::Connect {
+        backend: name,
+        detail: err.to_string(),
+    })?;
+    let applied = conn
+        .run_pending_migrations(migrations)
+        .map_err(|err| OpenError::Migrate {
+            backend: name,
+            detail: err.to_string(),
+        })?;
+    for version in applied {
+        tracing::info!(backend = name, %version, "applied migration");
+    }
+    Ok(())
+}
+
+/// New async SQLite connections get the same preparation as sync ones, on the blocking pool.
+fn sqlite_async_setup() -> ManagerConfig<AsyncSqliteConnection> {
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(|url| {
+        let url = url.to_owned();
+        async move {
+            let mut conn = AsyncSqliteConnection::establish(&url).await?;
+            conn.spawn_blocking(sqlite::prepare_connection)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        }
+        .boxed()
+    });
+    config
+}
+
+/// r2d2's hook for the same preparation on sync SQLite connections.
+#[derive(Debug)]
+struct SqliteSetup;
+
+impl r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        sqlite::prepare_connection(conn).map_err(diesel::r2d2::Error::QueryError)
+    }
+}

@@ -1,0 +1,271 @@
+//! The database lessons asserted with a stopwatch, and database outages. Both kinds of test
+//! must run alone: the first measures time, the second stops the shared throwaway servers
+//! (so nothing else may be using them). nextest puts binaries named `timing*` in a group of
+//! one, and `scripts/test` runs them after every other test; under plain `cargo test` a lock
+//! keeps this binary's tests one at a time.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::db::{Kind, TestDb, server_setting};
+use common::{TestService, completion_times, serve_args, start};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+const D: f64 = 300.0;
+
+async fn service_on(db: &TestDb, workers: u16, acquire_timeout_ms: u64) -> TestService {
+    let mut args = serve_args(workers);
+    args.database.database_url = db.url.clone();
+    args.database.db_pool_size = 4;
+    args.database.db_acquire_timeout_ms = acquire_timeout_ms;
+    start(&args).await
+}
+
+/// With one worker, two concurrent `/db/blocking/sleep?ms=300` finish one after the other;
+/// every other variant finishes both together. The blocking ones also show up as stalls.
+async fn one_worker_lesson(kind: Kind, test: &str) {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = TestDb::fresh(kind, test) else {
+        return;
+    };
+    let service = service_on(&db, 1, 5_000).await;
+    let url = |variant: &str| format!("{}/db/{variant}/sleep?ms={D}", service.base_url());
+    // Warm up: both pools connect once, so connecting is not what gets measured.
+    for variant in ["async", "raw", "blocking", "spawn-blocking"] {
+        let warm = format!("{}/db/{variant}/sleep?ms=0", service.base_url());
+        completion_times(&warm, 2).await;
+    }
+    for variant in ["async", "raw", "spawn-blocking"] {
+        let times = completion_times(&url(variant), 2).await;
+        let slowest = times.iter().copied().fold(0.0, f64::max);
+        assert!(
+            slowest < 1.5 * D,
+            "{} {variant} should run in parallel: completions {times:?} ms",
+            kind.name()
+        );
+    }
+    let times = completion_times(&url("blocking"), 2).await;
+    let slowest = times.iter().copied().fold(0.0, f64::max);
+    assert!(
+        slowest >= 1.8 * D,
+        "{} blocking should be serialised: completions {times:?} ms",
+        kind.name()
+    );
+
+    let text = reqwest::get(format!("{}/metrics", service.base_url()))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let scrape = common::Scrape::parse(&text);
+    let stalls = |variant: &str| {
+        scrape.value(
+            "stallscope_stalls_total",
+            &[("route", "/db/{variant}/sleep"), ("variant", variant)],
+        )
+    };
+    assert!(
+        stalls("blocking") >= 2.0,
+        "blocking queries are stalls:\n{}",
+        scrape.text
+    );
+    for variant in ["async", "raw", "spawn-blocking"] {
+        assert_eq!(stalls(variant), 0.0, "{variant} never stalls");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_one_worker_lesson() {
+    one_worker_lesson(Kind::Sqlite, "sqlite_one_worker_lesson").await;
+}
+
+#[tokio::test]
+async fn postgres_one_worker_lesson() {
+    one_worker_lesson(Kind::Postgres, "postgres_one_worker_lesson").await;
+}
+
+#[tokio::test]
+async fn mysql_one_worker_lesson() {
+    one_worker_lesson(Kind::Mysql, "mysql_one_worker_lesson").await;
+}
+
+/// Runs the throwaway server's control script (`stop` or `start`).
+fn control(ctl: &str, action: &str) {
+    let status = std::process::Command::new(ctl)
+        .arg(action)
+        .status()
+        .unwrap_or_else(|err| panic!("{ctl} {action}: {err}"));
+    assert!(status.success(), "{ctl} {action} failed");
+}
+
+/// Starts the server again even if the test fails half-way, so later tests find it up.
+struct RestartOnDrop<'a> {
+    ctl: &'a str,
+    stopped: bool,
+}
+
+impl Drop for RestartOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.stopped {
+            control(self.ctl, "start");
+        }
+    }
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.get(url).send().await.expect("the service answers");
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// The database stops mid-test: every route that needs it answers a 503 problem and
+/// `/readyz` fails, while the rest of the service keeps working. It comes back: the same
+/// process serves 200s again, with the data intact, without a restart.
+async fn outage_and_recovery(kind: Kind, test: &str) {
+    let _serial = SERIAL.lock().await;
+    let Some(ctl) = server_setting(kind.ctl_variable(), test) else {
+        return;
+    };
+    let Some(db) = TestDb::fresh(kind, test) else {
+        return;
+    };
+    let service = service_on(&db, 2, 1_000).await;
+    let base = service.base_url();
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{base}/users"))
+        .json(&json!({"username": "survivor", "email": "s@example.com", "password": "long enough"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.expect("JSON")["id"]
+        .as_i64()
+        .expect("id");
+    let needs_db = [
+        format!("{base}/users/{id}"),
+        format!("{base}/users?limit=5"),
+        format!("{base}/db/async/users/{id}"),
+        format!("{base}/db/raw/users/{id}"),
+        format!("{base}/db/blocking/users/{id}"),
+        format!("{base}/db/spawn-blocking/users/{id}"),
+    ];
+    for url in &needs_db {
+        assert_eq!(get(&client, url).await.0, 200, "{url} before the outage");
+    }
+    assert_eq!(get(&client, &format!("{base}/readyz")).await.0, 200);
+
+    control(&ctl, "stop");
+    let mut restart = RestartOnDrop {
+        ctl: &ctl,
+        stopped: true,
+    };
+    for url in &needs_db {
+        let (status, problem) = get(&client, url).await;
+        assert_eq!(status, 503, "{url} while the database is down: {problem}");
+        assert_eq!(problem["status"], 503, "{problem}");
+    }
+    let (status, problem) = get(&client, &format!("{base}/readyz")).await;
+    assert_eq!(status, 503, "readyz while the database is down: {problem}");
+    let signup = client
+        .post(format!("{base}/users"))
+        .json(
+            &json!({"username": "latecomer", "email": "l@example.com", "password": "long enough"}),
+        )
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(signup.status(), 503);
+    assert_eq!(
+        get(&client, &format!("{base}/healthz")).await.0,
+        200,
+        "liveness is not readiness"
+    );
+    assert_eq!(
+        get(&client, &format!("{base}/sleep/async?ms=1")).await.0,
+        200
+    );
+
+    control(&ctl, "start");
+    restart.stopped = false;
+    let back = Instant::now();
+    loop {
+        if get(&client, &format!("{base}/readyz")).await.0 == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "readyz still failing 15 s after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for url in &needs_db {
+        let (status, body) = get(&client, url).await;
+        assert_eq!(status, 200, "{url} after the database came back: {body}");
+    }
+    let (_, user) = get(&client, &format!("{base}/users/{id}")).await;
+    assert_eq!(user["username"], "survivor");
+}
+
+#[tokio::test]
+async fn postgres_outage_and_recovery() {
+    outage_and_recovery(Kind::Postgres, "postgres_outage_and_recovery").await;
+}
+
+#[tokio::test]
+async fn mysql_outage_and_recovery() {
+    outage_and_recovery(Kind::Mysql, "mysql_outage_and_recovery").await;
+}
+
+/// `POST /login` costs the same whether the username exists (wrong password) or not: both
+/// run one argon2id verification, the unknown user's against a dummy hash. A shortcut for
+/// unknown users would answer in a fraction of the time and reveal which usernames exist.
+#[tokio::test]
+async fn login_timing_does_not_reveal_usernames() {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = TestDb::fresh(Kind::Sqlite, "login_timing_does_not_reveal_usernames") else {
+        return;
+    };
+    let service = service_on(&db, 2, 5_000).await;
+    let client = reqwest::Client::new();
+    let base = service.base_url();
+    let created = client
+        .post(format!("{base}/users"))
+        .json(&json!({"username": "erin", "email": "e@example.com", "password": "the real one"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201);
+    let median_ms = |username: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}/login");
+        async move {
+            let mut times = Vec::new();
+            for _ in 0..7 {
+                let started = Instant::now();
+                let response = client
+                    .post(&url)
+                    .json(&json!({"username": username, "password": "not the password"}))
+                    .send()
+                    .await
+                    .expect("login");
+                assert_eq!(response.status(), 401);
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        }
+    };
+    let known = median_ms("erin").await;
+    let unknown = median_ms("nobody-by-this-name").await;
+    assert!(
+        unknown > 0.5 * known && unknown < 2.0 * known,
+        "wrong password for a real user: {known:.1} ms; unknown user: {unknown:.1} ms"
+    );
+}
