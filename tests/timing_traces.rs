@@ -298,3 +298,123 @@ async fn json_logs_carry_the_exported_trace_id() {
         .unwrap_or_else(|| panic!("no stall warning in {lines:#?}"));
     assert_eq!(warning["trace_id"], stalled.trace_id.as_str(), "{warning}");
 }
+
+/// The users API as traces and logs see it: each query has a client span with `db.system`
+/// and `db.operation` inside the request's trace, and no password or hash appears anywhere
+/// in exported spans or in the logs, even at `debug`.
+#[tokio::test]
+async fn database_spans_and_no_secrets_in_traces_or_logs() {
+    const PASSWORD: &str = "correct-horse-battery-staple-42";
+    const NEW_PASSWORD: &str = "tr0ub4dor-and-3-more-words";
+    let _serial = SERIAL.lock().await;
+    let mut collector = FakeCollectorServer::start().await.expect("collector");
+    let endpoint = collector.endpoint();
+    let mut service = ServiceProcess::start_with_env(
+        &["--workers", "2"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            FAST_EXPORT,
+            ("STALLSCOPE_LOG_FORMAT", "json"),
+            ("RUST_LOG", "debug"),
+            ("STALLSCOPE_TRACE_FILTER", "trace"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let base = &service.base_url;
+    let created: serde_json::Value = client
+        .post(format!("{base}/users"))
+        .json(&serde_json::json!({"username": "ada", "email": "ada@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("created user");
+    let id = created["id"].as_i64().expect("id");
+    for (method, path, body) in [
+        (
+            "POST",
+            "/login".to_owned(),
+            serde_json::json!({"username": "ada", "password": PASSWORD}),
+        ),
+        (
+            "POST",
+            "/login".to_owned(),
+            serde_json::json!({"username": "ada", "password": "wrong-password"}),
+        ),
+        (
+            "PATCH",
+            format!("/users/{id}"),
+            serde_json::json!({"password": NEW_PASSWORD}),
+        ),
+        ("GET", format!("/users/{id}"), serde_json::Value::Null),
+        (
+            "GET",
+            "/users?username=ada".to_owned(),
+            serde_json::Value::Null,
+        ),
+        (
+            "GET",
+            format!("/db/async/users/{id}"),
+            serde_json::Value::Null,
+        ),
+        (
+            "GET",
+            format!("/db/spawn-blocking/users/{id}"),
+            serde_json::Value::Null,
+        ),
+    ] {
+        let request = client.request(method.parse().expect("method"), format!("{base}{path}"));
+        let request = if body.is_null() {
+            request
+        } else {
+            request.json(&body)
+        };
+        let response = request.send().await.expect("answer");
+        assert!(
+            response.status().as_u16() < 500,
+            "{method} {path}: {}",
+            response.status()
+        );
+    }
+    let spans = collect_until(&mut collector, |s| {
+        s.iter().filter(|s| s.name.starts_with("user_")).count() >= 6 && has_name(s, "POST /users")
+    })
+    .await;
+
+    let create = find(&spans, "POST /users");
+    let insert = spans
+        .iter()
+        .find(|s| {
+            s.attributes
+                .get("db.operation")
+                .is_some_and(|v| v.contains("user_insert"))
+        })
+        .unwrap_or_else(|| panic!("no insert span in {:#?}", names(&spans)));
+    assert_eq!(
+        insert.trace_id, create.trace_id,
+        "the query belongs to the request's trace"
+    );
+    assert_eq!(insert.kind, "SPAN_KIND_CLIENT");
+    assert!(attribute(insert, "db.system").contains("sqlite"));
+
+    let exported = format!("{spans:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs: String = service
+        .drain_logs()
+        .into_iter()
+        .map(|(_, line)| line + "\n")
+        .collect();
+    assert!(logs.contains("\"level\":\"DEBUG\""), "debug logging was on");
+    for secret in [PASSWORD, NEW_PASSWORD, "$argon2"] {
+        assert!(
+            !exported.contains(secret),
+            "{secret} leaked into an exported span"
+        );
+        assert!(
+            !logs.contains(secret),
+            "{secret} leaked into the logs:\n{logs}"
+        );
+    }
+}

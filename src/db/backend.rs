@@ -19,6 +19,15 @@ impl Backend {
         }
     }
 
+    /// The OpenTelemetry `db.system` value.
+    pub fn db_system(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgresql",
+            Backend::Mysql => "mysql",
+        }
+    }
+
     /// Parses `DATABASE_URL`: the backend, and what to hand its driver (for SQLite the file
     /// path, for the servers the URL unchanged).
     pub fn from_url(url: &str) -> Result<(Self, String), OpenError> {

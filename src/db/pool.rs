@@ -65,6 +65,18 @@ fn record_acquire_wait(backend: Backend, kind: PoolKind, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
+/// The client span of one query, following the OpenTelemetry database conventions. Only the
+/// operation name is recorded, never the statement's parameters (they can hold passwords).
+pub fn query_span(backend: Backend, operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "db query",
+        otel.name = %format!("{operation} {}", backend.db_system()),
+        otel.kind = "client",
+        db.system = backend.db_system(),
+        db.operation = operation,
+    )
+}
+
 /// Records one query's duration (`operation` is a literal: a bounded label).
 pub fn record_query(backend: Backend, operation: &'static str, started: Instant) {
     metrics::histogram!(DB_QUERY_DURATION, "backend" => backend.as_str(), "operation" => operation)

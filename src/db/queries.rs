@@ -16,10 +16,11 @@ use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
 use diesel::{OptionalExtension, QueryResult, define_sql_function};
 
 use super::models::{NewUser, User, UserChanges};
-use super::pool::record_query;
+use super::pool::{query_span, record_query};
 use super::schema::users;
 use super::sqlite::stallscope_sleep;
 use super::{AnyPool, AnySyncPool, Database, DbError};
+use tracing::Instrument;
 
 define_sql_function! {
     /// PostgreSQL's `pg_sleep(seconds)`. It returns `void`, a type diesel does not model, so
@@ -41,7 +42,9 @@ macro_rules! run_async {
         let mut lease = pool.acquire().await?;
         let $conn = &mut *lease;
         let started = Instant::now();
-        let result: QueryResult<_> = async move { $body }.await;
+        let result: QueryResult<_> = async move { $body }
+            .instrument(query_span(pool.backend, $operation))
+            .await;
         record_query(pool.backend, $operation, started);
         result.map_err(DbError::from)
     }};
@@ -67,7 +70,7 @@ macro_rules! run_sync {
         let mut lease = pool.acquire_blocking()?;
         let $conn = &mut *lease;
         let started = Instant::now();
-        let result: QueryResult<_> = $body;
+        let result: QueryResult<_> = query_span(pool.backend, $operation).in_scope(|| $body);
         record_query(pool.backend, $operation, started);
         result.map_err(DbError::from)
     }};

@@ -40,7 +40,7 @@ pub(crate) fn describe() {
     describe_histogram!(
         HTTP_REQUEST_DURATION,
         Unit::Seconds,
-        "Duration of HTTP server requests, by route template, method and status code."
+        "Duration of HTTP server requests, by route template, method, status code and lesson variant."
     );
     describe_gauge!(
         HTTP_ACTIVE_REQUESTS,

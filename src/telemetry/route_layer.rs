@@ -89,6 +89,9 @@ pub async fn observe(
         "http_route" => route,
         "http_request_method" => method,
         "http_response_status_code" => status.as_u16().to_string(),
+        // Not an OpenTelemetry attribute, but bounded like `http_route`, and what lets a
+        // dashboard put each lesson's variants side by side.
+        "variant" => variant,
     )
     .record(started.elapsed().as_secs_f64());
     record_outcome(&span, status, &stats);
