@@ -3,6 +3,9 @@
 //!
 //! Timing-sensitive: these tests run one at a time (a nextest test group, and a lock for
 //! plain `cargo test`), and their margins are wide (parallel < 1.5 × D, serialised ≥ 1.8 × D).
+//! A busy machine can only make requests *slower*: it can make a parallel pair look
+//! serialised, never the reverse. So a "parallel" check gets up to three tries (one clean run
+//! proves the variant does not serialise), while a "serialised" check gets one.
 
 mod common;
 
@@ -14,12 +17,18 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 
 const D: f64 = 300.0;
 
-fn assert_parallel(what: &str, times: &[f64], parallel_ms: f64) {
-    let slowest = times.iter().copied().fold(0.0, f64::max);
-    assert!(
-        slowest < 1.5 * parallel_ms,
-        "{what} should run in parallel: completions {times:?} ms, parallel ≈ {parallel_ms} ms"
-    );
+/// Two concurrent requests to `url` finish within 1.5 × `parallel_ms`, in one of three tries.
+async fn assert_parallel(url: &str, parallel_ms: f64) {
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        let times = completion_times(url, 2).await;
+        let slowest = times.iter().copied().fold(0.0, f64::max);
+        if slowest < 1.5 * parallel_ms {
+            return;
+        }
+        tries.push(times);
+    }
+    panic!("{url} should run in parallel: completions {tries:?} ms, parallel ≈ {parallel_ms} ms");
 }
 
 fn assert_serialised(what: &str, times: &[f64], parallel_ms: f64) {
@@ -35,8 +44,7 @@ async fn check_lesson(path_for: impl Fn(&str) -> String, parallel: &[&str], stal
     let service = start(&serve_args(1)).await;
     for variant in parallel {
         let url = format!("{}{}", service.base_url(), path_for(variant));
-        let times = completion_times(&url, 2).await;
-        assert_parallel(&url, &times, D);
+        assert_parallel(&url, D).await;
     }
     for variant in stalling {
         let url = format!("{}{}", service.base_url(), path_for(variant));
@@ -86,11 +94,13 @@ async fn cpu_lesson_with_one_worker() {
         )
     };
     for variant in ["spawn-blocking", "rayon"] {
-        let url = url_for(variant);
-        assert_parallel(&url, &completion_times(&url, 2).await, cpu.solo_ms);
+        assert_parallel(&url_for(variant), cpu.solo_ms).await;
     }
+    // Hashing speed drifts on a shared machine, so the yardstick for "serialised" is the
+    // first request of the same pair: the second finishes only after it, at about twice.
     let url = url_for("inline");
-    assert_serialised(&url, &completion_times(&url, 2).await, cpu.solo_ms);
+    let times = completion_times(&url, 2).await;
+    assert_serialised(&url, &times, times[0]);
 }
 
 /// The experiment command end to end, as a user runs it: the real binary, `--json`, and a
@@ -98,6 +108,21 @@ async fn cpu_lesson_with_one_worker() {
 #[tokio::test]
 async fn experiment_json_verdicts() {
     let _serial = SERIAL.lock().await;
+    // A busy machine can only slow a parallel variant into looking serialised; rerun the whole
+    // experiment (up to three times) only for that kind of mismatch.
+    let mut noisy = Vec::new();
+    for _ in 0..3 {
+        match check_experiment_once().await {
+            Ok(()) => return,
+            Err(parallel_judged_serialised) => noisy.push(parallel_judged_serialised),
+        }
+    }
+    panic!("correct variants judged serialised in every run: {noisy:#?}");
+}
+
+/// Runs `stallscope experiment --json` once and checks everything; panics on any mismatch
+/// except a correct variant judged serialised, which it returns.
+async fn check_experiment_once() -> Result<(), Vec<String>> {
     // The in-process service keeps the db lesson's SQLite file in the working directory.
     let workdir = tempfile::tempdir().expect("temp dir");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_stallscope"))
@@ -125,7 +150,7 @@ async fn experiment_json_verdicts() {
         .filter_map(|l| l["lesson"].as_str())
         .collect();
     assert_eq!(names, ["sleep", "cpu", "upstream", "db"]);
-    let mut serialised = Vec::new();
+    let mut noisy = Vec::new();
     for lesson in lessons {
         for variant in lesson["variants"].as_array().expect("variants") {
             let name = format!(
@@ -138,8 +163,9 @@ async fn experiment_json_verdicts() {
                 Some(2),
                 "{name}"
             );
+            let expected_to_stall = variant["expected_to_stall"] == true;
             let stalls = variant["watchdog_stalls"].as_u64();
-            if variant["expected_to_stall"] == true {
+            if expected_to_stall {
                 assert!(
                     stalls >= Some(1),
                     "{name}: the watchdog saw no stall: {variant}"
@@ -147,21 +173,29 @@ async fn experiment_json_verdicts() {
             } else {
                 assert_eq!(stalls, Some(0), "{name}: {variant}");
             }
-            match variant["verdict"].as_str() {
-                Some("serialised") => serialised.push(name),
-                Some("parallel") => {}
-                other => panic!("{name}: unexpected verdict {other:?}: {variant}"),
+            match (variant["verdict"].as_str(), expected_to_stall) {
+                (Some("serialised"), true) | (Some("parallel"), false) => {}
+                (Some("serialised"), false) => noisy.push(format!("{name}: {variant}")),
+                (other, _) => panic!("{name}: unexpected verdict {other:?}: {variant}"),
             }
         }
     }
+    let expected: Vec<&str> = lessons
+        .iter()
+        .flat_map(|l| {
+            l["variants"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |v| (l, v))
+        })
+        .filter(|(_, v)| v["expected_to_stall"] == true)
+        .filter_map(|(l, _)| l["lesson"].as_str())
+        .collect();
     assert_eq!(
-        serialised,
-        [
-            "sleep/blocking",
-            "cpu/inline",
-            "upstream/blocking",
-            "db/blocking"
-        ],
-        "only the stalling variants are serialised"
+        expected,
+        ["sleep", "cpu", "upstream", "db"],
+        "each lesson has exactly one stalling variant"
     );
+    if noisy.is_empty() { Ok(()) } else { Err(noisy) }
 }

@@ -94,6 +94,16 @@ impl Lesson {
         }
     }
 
+    /// The route template the experiment sends this lesson's requests to (as metrics name it).
+    pub fn route(self) -> &'static str {
+        match self {
+            Lesson::Sleep => crate::routes::SLEEP_ROUTE,
+            Lesson::Cpu => crate::routes::CPU_ROUTE,
+            Lesson::Upstream => crate::routes::UPSTREAM_ROUTE,
+            Lesson::Db => crate::routes::DB_SLEEP_ROUTE,
+        }
+    }
+
     pub fn variants(self) -> &'static [&'static str] {
         match self {
             Lesson::Sleep => SleepVariant::NAMES,
@@ -243,10 +253,10 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
                 Lesson::Db => format!("{target}/db/{variant}/sleep?ms={}", args.ms),
                 _ => format!("{target}/{}/{variant}?ms={}", lesson.name(), args.ms),
             };
-            let route = format!("/{}/{{variant}}", lesson.name());
-            let stalls_before = watchdog_stalls(&client, &target, &route, variant).await;
+            let route = lesson.route();
+            let stalls_before = watchdog_stalls(&client, &target, route, variant).await;
             let (completions_ms, errors) = fire(&client, &url, concurrency, &progress).await;
-            let stalls_after = watchdog_stalls(&client, &target, &route, variant).await;
+            let stalls_after = watchdog_stalls(&client, &target, route, variant).await;
             let slowest_ms = completions_ms.iter().copied().fold(0.0, f64::max);
             let slowdown = slowest_ms / parallel_ms;
             variants.push(VariantResult {
