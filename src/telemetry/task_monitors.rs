@@ -5,7 +5,7 @@
 //! bounded by the code, whatever clients send.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use tokio_metrics::TaskMonitor;
@@ -14,23 +14,33 @@ use super::exposition::TaskFigures;
 
 pub struct TaskMonitors {
     slow_poll_threshold: Duration,
-    monitors: Mutex<BTreeMap<(&'static str, &'static str), TaskMonitor>>,
+    /// Written once per new key, read on every request: a read lock does not serialise
+    /// the workers.
+    monitors: RwLock<BTreeMap<(&'static str, &'static str), TaskMonitor>>,
 }
 
 impl TaskMonitors {
     pub fn new(slow_poll_threshold: Duration) -> Self {
         Self {
             slow_poll_threshold,
-            monitors: Mutex::new(BTreeMap::new()),
+            monitors: RwLock::new(BTreeMap::new()),
         }
     }
 
     /// The monitor for `(route, variant)`, created on first use. `TaskMonitor` is a handle:
     /// clones share their counters.
     pub fn get(&self, route: &'static str, variant: &'static str) -> TaskMonitor {
+        if let Some(monitor) = self
+            .monitors
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(route, variant))
+        {
+            return monitor.clone();
+        }
         let mut monitors = self
             .monitors
-            .lock()
+            .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         monitors
             .entry((route, variant))
@@ -46,7 +56,7 @@ impl TaskMonitors {
     pub fn snapshot(&self) -> Vec<TaskFigures<'static>> {
         let monitors = self
             .monitors
-            .lock()
+            .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         monitors
             .iter()
