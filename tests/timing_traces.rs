@@ -418,3 +418,113 @@ async fn database_spans_and_no_secrets_in_traces_or_logs() {
         );
     }
 }
+
+/// Spans still queued when SIGTERM arrives are exported before the process exits (the batch
+/// delay is a minute here, so only the shutdown flush can deliver them).
+#[tokio::test]
+async fn queued_spans_are_flushed_on_graceful_shutdown() {
+    let _serial = SERIAL.lock().await;
+    let mut collector = FakeCollectorServer::start().await.expect("collector");
+    let endpoint = collector.endpoint();
+    let service = ServiceProcess::start_with_env(
+        &["--workers", "1"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+        ],
+    )
+    .await;
+    let status = reqwest::get(format!("{}/sleep/async?ms=1", service.base_url))
+        .await
+        .expect("answer")
+        .status();
+    assert_eq!(status, 200);
+    assert!(
+        collector
+            .exported_spans(1, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "nothing is exported before the batch delay"
+    );
+    let pid = service.child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let spans = collect_until(&mut collector, |s| has_name(s, "GET /sleep/{variant}")).await;
+    assert!(
+        has_name(&spans, "GET /sleep/{variant}"),
+        "{:#?}",
+        names(&spans)
+    );
+}
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf` posts protobuf to `{endpoint}/v1/traces`. The
+/// receiver here is a minimal OTLP/HTTP endpoint: it checks the method, path and content
+/// type, and that the body decodes as an OTLP trace request naming the request's span.
+#[tokio::test]
+async fn http_protobuf_export_posts_to_v1_traces() {
+    let _serial = SERIAL.lock().await;
+    let (bodies, mut received) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+    let receiver = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let bodies = bodies.clone();
+                async move {
+                    let content_type = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = bodies.send((content_type, body.to_vec()));
+                    axum::http::StatusCode::OK
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let service = ServiceProcess::start_with_env(
+        &["--workers", "1"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            FAST_EXPORT,
+        ],
+    )
+    .await;
+    let status = reqwest::get(format!("{}/sleep/async?ms=1", service.base_url))
+        .await
+        .expect("answer")
+        .status();
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (content_type, body) = tokio::time::timeout_at(deadline.into(), received.recv())
+            .await
+            .expect("an OTLP/HTTP export within 10 s")
+            .expect("receiver open");
+        assert_eq!(content_type, "application/x-protobuf");
+        use prost::Message;
+        let request =
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                body.as_slice(),
+            )
+            .expect("an OTLP ExportTraceServiceRequest");
+        let names: Vec<String> = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .map(|s| s.name.clone())
+            .collect();
+        if names.iter().any(|n| n == "GET /sleep/{variant}") {
+            return;
+        }
+    }
+}
