@@ -37,6 +37,7 @@ LESSONS = [
     ("Sleep lesson: /sleep/{variant}", "/sleep/{variant}", "sleep"),
     ("CPU lesson: /cpu/{variant}", "/cpu/{variant}", "cpu"),
     ("Upstream lesson: /upstream/{variant}", "/upstream/{variant}", "upstream"),
+    ("Database lesson: /db/{variant}/sleep", "/db/{variant}/sleep", "db"),
 ]
 VARIANT_COLORS = {
     "blocking": "red",
@@ -45,6 +46,7 @@ VARIANT_COLORS = {
     "async": "green",
     "spawn-blocking": "blue",
     "rayon": "purple",
+    "raw": "purple",
 }
 
 # Executor lag thresholds from the issue: over 10 ms amber, over 100 ms red. The stall
@@ -539,7 +541,7 @@ def handler_variants():
     for row_title, route, lesson in LESSONS:
         # `invalid` collects requests for unknown variant names: not a variant to compare.
         sel = f'{INSTANCE}, route="{route}", variant!="invalid"'
-        http_sel = f'{INSTANCE}, http_route="{route}"'
+        http_sel = f'{INSTANCE}, http_route="{route}", variant!="invalid"'
         L.row(row_title)
         L.add(
             timeseries(
@@ -556,15 +558,14 @@ def handler_variants():
         )
         L.add(
             timeseries(
-                f"{lesson}: error rate (5xx share)",
-                "Share of this lesson's responses that were 5xx, all variants together (the "
-                "HTTP metrics carry the route template but not the variant). Stalls rarely "
-                "produce errors at first: they produce latency. Errors appear once timeouts "
-                "kick in (504 from the upstream lesson's time limit).",
+                f"{lesson}: error rate (5xx share) by variant",
+                "Share of each variant's responses that were 5xx. Stalls rarely produce "
+                "errors at first: they produce latency. Errors appear once timeouts kick in "
+                "(504 from the upstream lesson's time limit, 503 when the database is away).",
                 [
                     target(
-                        f"sum by (http_route) (stallscope:http_request_errors:ratio_rate1m{{{http_sel}}})",
-                        "{{http_route}}",
+                        f"max by (variant) (stallscope:http_request_errors:ratio_rate1m{{{http_sel}}})",
+                        "{{variant}}",
                         "A",
                     )
                 ],
@@ -577,18 +578,16 @@ def handler_variants():
         )
         L.add(
             timeseries(
-                f"{lesson}: latency p50 / p99 and mean per variant",
-                "p50 and p99 are over all of this lesson's variants (the HTTP histogram has no "
-                "variant label); the per-variant lines are the mean handler time from the task "
-                "monitors. Both start when the router gets the request: they include waiting for "
+                f"{lesson}: latency p50 / p99 per variant",
+                "p50 and p99 of each variant, side by side: the stalling variant's p99 stands out. "
+                "Both start when the router gets the request: they include waiting for "
                 "a worker after that (an async sleep that woke while a blocking handler held the "
                 "worker), not the wait to be read at all, which only executor lag and the client "
                 "see (k6 prints it per variant). A p99 far above every variant's mean is requests "
                 "queuing behind a stalling variant. Click for the slowest traces of this route.",
                 [
-                    target(f"max by (http_route) (stallscope:http_request_duration_seconds:p50_1m{{{http_sel}}})", "p50 (all variants)", "A"),
-                    target(f"max by (http_route) (stallscope:http_request_duration_seconds:p99_1m{{{http_sel}}})", "p99 (all variants)", "B"),
-                    target(f"avg by (variant) (stallscope:task_latency_seconds:mean_rate1m{{{sel}}})", "{{variant}}", "C"),
+                    target(f"max by (variant) (stallscope:http_request_duration_seconds:p50_1m{{{http_sel}}})", "p50 {{variant}}", "A"),
+                    target(f"max by (variant) (stallscope:http_request_duration_seconds:p99_1m{{{http_sel}}})", "p99 {{variant}}", "B"),
                 ],
                 "s",
                 min_=0,
@@ -784,10 +783,73 @@ def dependencies():
         ),
         w=24,
     )
+    L.row("Database: diesel-async and sync diesel pools (DATABASE_URL)")
+    L.add(
+        timeseries(
+            "Query latency p99 by operation",
+            "How long each kind of query takes inside the database driver, whichever variant "
+            "issued it (`sleep` is the lesson's database-side delay). The query time is the same "
+            "for the async and the blocking variant: what differs is whether a runtime worker "
+            "waited for it. Compare with the Handler variants dashboard's database row.",
+            [
+                target(
+                    f"histogram_quantile(0.99, sum by (backend, operation, le) (rate(stallscope_db_query_duration_seconds_bucket{{{INSTANCE}}}[$__rate_interval])))",
+                    "{{operation}} ({{backend}})",
+                    "A",
+                )
+            ],
+            "s",
+            min_=0,
+        ),
+        w=8,
+    )
+    L.add(
+        timeseries(
+            "Pool connections: in use / idle / max",
+            "Connections of the async pool (diesel-async, deadpool) and the sync pool (diesel, "
+            "r2d2; used by the blocking and spawn-blocking variants). In use at max means "
+            "requests now wait for a connection: see the acquire wait next to it.",
+            [
+                target(
+                    f"sum by (pool, state) (stallscope_db_pool_connections{{{INSTANCE}}})",
+                    "{{pool}} {{state}}",
+                    "A",
+                ),
+                target(
+                    f"sum by (pool) (stallscope_db_pool_max_connections{{{INSTANCE}}})",
+                    "{{pool}} max",
+                    "B",
+                ),
+            ],
+            "short",
+            min_=0,
+        ),
+        w=8,
+    )
+    L.add(
+        timeseries(
+            "Pool acquire wait p99",
+            "How long a query waited for a pooled connection (10 ms amber, 100 ms red). "
+            "Near zero while the pool has idle connections; it climbs when the pool is too small "
+            "for the concurrency, or when the blocking variant holds connections while it also "
+            "holds the only worker.",
+            [
+                target(
+                    f"histogram_quantile(0.99, sum by (pool, le) (rate(stallscope_db_pool_acquire_wait_seconds_bucket{{{INSTANCE}}}[$__rate_interval])))",
+                    "{{pool}}",
+                    "A",
+                )
+            ],
+            "s",
+            thresholds=[(None, "green"), (0.01, "#EAB839"), (0.1, "red")],
+            min_=0,
+        ),
+        w=8,
+    )
     return dashboard(
         "stallscope-dependencies",
         "Dependencies",
-        "Latency and pool figures of what the handlers call. Database panels arrive with the database lessons.",
+        "Latency and pool figures of what the handlers call: the slow upstream and the database.",
         L.panels,
     )
 

@@ -2,9 +2,6 @@
 //
 //   BASE_URL=http://127.0.0.1:3000 k6 run --no-usage-report load/db.js
 //
-// Not run by scripts/checks yet: the database lessons (POST/GET/PATCH/DELETE /users) are not
-// merged. When they are, add it to scripts/checks/stack.sh next to the other scripts.
-//
 // Each iteration creates a user, reads it by id and by username, updates its email and
 // deletes it: writes and reads in the proportions of a small CRUD service (1 create, 2 reads,
 // 1 update, 1 delete). VUS users loop for DURATION (default 10s). Usernames are unique per

@@ -31,6 +31,12 @@ export const LESSONS = {
     variants: ['async', 'blocking', 'spawn-blocking'],
     query: () => `ms=${envInt('UPSTREAM_MS', 100)}`,
   },
+  // The database waits (pg_sleep, SLEEP(), SQLite's stallscope_sleep).
+  db: {
+    route: '/db/{variant}/sleep',
+    variants: ['async', 'raw', 'blocking', 'spawn-blocking'],
+    query: () => `ms=${envInt('DB_SLEEP_MS', 100)}`,
+  },
 };
 
 // One request to a lesson variant, tagged so that thresholds and the summary can pick it out

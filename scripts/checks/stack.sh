@@ -99,6 +99,7 @@ wait_http "http://127.0.0.1:$up_port/healthz" upstream $!
 # blocking pool so that the spawn-blocking burst saturates it: both alerts' conditions occur.
 "$bin" serve --bind "127.0.0.1:$svc_port" --metrics-bind "127.0.0.1:$metrics_port" \
   --upstream-url "http://127.0.0.1:$up_port" --workers 2 --max-blocking-threads 4 \
+  --database-url "sqlite://$tmp/stack.db" \
   >"$tmp/stallscope.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$svc_port/readyz" stallscope $!
@@ -126,7 +127,7 @@ run_k6 smoke.js DURATION=3s
 # cores, where OS preemption would make even the correct CPU variants' polls look slow.
 run_k6 variants.js DURATION=8s CPU_ITERATIONS=500000
 run_k6 collateral.js BURST_VUS=6
-# load/db.js waits for the database lessons (/users): not run until they are merged.
+run_k6 db.js DURATION=5s VUS=2
 
 step "every PromQL expression of the dashboards, datasources and rules returns data over the load"
 sleep 3 # a last scrape and rule evaluation after the load

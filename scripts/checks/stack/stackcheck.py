@@ -57,11 +57,11 @@ REQUIRED_PANELS = {
     ],
     "Handler variants": [
         f"{lesson}: {what}"
-        for lesson in ("sleep", "cpu", "upstream")
+        for lesson in ("sleep", "cpu", "upstream", "db")
         for what in (
             "request rate by variant",
-            "error rate (5xx share)",
-            "latency p50 / p99 and mean per variant",
+            "error rate (5xx share) by variant",
+            "latency p50 / p99 per variant",
             "slow-poll ratio by variant",
             "mean poll time by variant",
             "scheduled delay by variant",
@@ -74,6 +74,9 @@ REQUIRED_PANELS = {
         "Upstream error rate (5xx share)",
         "Upstream calls in flight",
         "Blocking client: pool acquire wait p99",
+        "Query latency p99 by operation",
+        "Pool connections: in use / idle / max",
+        "Pool acquire wait p99",
     ],
 }
 
