@@ -10,6 +10,12 @@ ARG RUST_VERSION=1.88
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
+# diesel's sync PostgreSQL and MySQL connections link libpq and libmariadb (SQLite is
+# compiled in). The rust:*-bookworm images usually carry the -dev packages already; saying
+# so here keeps the build working if the base image gets slimmer.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpq-dev default-libmysqlclient-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # .cargo/config.toml sets --cfg tokio_unstable, which the runtime metrics need: keep it.
 COPY . .
@@ -18,9 +24,17 @@ RUN cargo build --release --locked --bin stallscope \
  && rm -rf target
 
 FROM debian:${DEBIAN_RELEASE}-slim
-# No TLS and no C libraries beyond glibc: the runtime image adds nothing to Debian slim.
-# A fixed non-root uid, so volume permissions are predictable.
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin stallscope
+# The client libraries the binary links (scripts/checks/stack.sh compares this list with the
+# binary's ELF NEEDED entries): libpq for PostgreSQL, libmariadb for MySQL. No TLS stack of
+# its own beyond what they pull in.
+# A fixed non-root uid, so volume permissions are predictable, and a working directory it
+# owns: the default DATABASE_URL, sqlite://stallscope.db, is a file relative to it.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpq5 libmariadb3 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin stallscope \
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/stallscope
+WORKDIR /var/lib/stallscope
 COPY --from=build /out/stallscope /usr/local/bin/stallscope
 
 # Listen on all interfaces inside the container; /metrics also on its own thread (9464),

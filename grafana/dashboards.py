@@ -38,6 +38,7 @@ LESSONS = [
     ("CPU lesson: /cpu/{variant}", "/cpu/{variant}", "cpu"),
     ("Upstream lesson: /upstream/{variant}", "/upstream/{variant}", "upstream"),
     ("Database lesson: /db/{variant}/sleep", "/db/{variant}/sleep", "db"),
+    ("Database lesson: /db/{variant}/users/{id}", "/db/{variant}/users/{id}", "db users"),
 ]
 VARIANT_COLORS = {
     "blocking": "red",
@@ -659,23 +660,25 @@ def handler_variants():
 
 def dependencies():
     route = "/upstream/{variant}"
-    http_sel = f'{INSTANCE}, http_route="{route}"'
+    http_sel = f'{INSTANCE}, http_route="{route}", variant!="invalid"'
     L = Layout()
     L.row("Upstream: the slow HTTP service behind /upstream/{variant}")
     L.add(
         timeseries(
-            "Upstream latency p50 / p99",
-            "Time to answer /upstream/* requests, which wait for the slow upstream (the `ms` "
-            "parameter sets how long it takes). With the async client, p99 stays at the "
-            "requested time however many calls are in flight. With the blocking client on a "
-            "runtime worker, calls queue behind each other and p99 grows with concurrency. "
-            "Click for the slowest traces: the upstream call's span shows where the time went.",
+            "Upstream latency p50 / p99 by client variant",
+            "Time to answer /upstream/* requests, per client variant, from the HTTP histogram's "
+            "variant label. They wait for the slow upstream (the `ms` parameter sets how long it "
+            "takes). With the async client, p99 stays at the requested time however many calls "
+            "are in flight. With the blocking client on a runtime worker, calls queue behind "
+            "each other and p99 grows with concurrency. Click for the slowest traces: the "
+            "upstream call's span shows where the time went.",
             [
-                target(f"max by (http_route) (stallscope:http_request_duration_seconds:p50_1m{{{http_sel}}})", "p50", "A"),
-                target(f"max by (http_route) (stallscope:http_request_duration_seconds:p99_1m{{{http_sel}}})", "p99", "B"),
+                target(f"max by (variant) (stallscope:http_request_duration_seconds:p50_1m{{{http_sel}}})", "p50 {{variant}}", "A"),
+                target(f"max by (variant) (stallscope:http_request_duration_seconds:p99_1m{{{http_sel}}})", "p99 {{variant}}", "B"),
             ],
             "s",
             min_=0,
+            overrides=variant_overrides(),
             links=[trace_link("Slowest upstream traces", route, "100ms")],
         ),
         w=12,
@@ -722,20 +725,21 @@ def dependencies():
     )
     L.add(
         timeseries(
-            "Upstream error rate (5xx share)",
-            "Share of upstream-lesson responses that were 5xx. Over 1% amber, over 5% red. "
-            "Compare with the latency panel: timeouts follow once p99 reaches the client's "
-            "time limit.",
+            "Upstream error rate (5xx share) by client variant",
+            "Share of each client variant's upstream-lesson responses that were 5xx. Over 1% "
+            "amber, over 5% red. Compare with the latency panel: timeouts follow once p99 "
+            "reaches the client's time limit.",
             [
                 target(
-                    f"sum by (http_route) (stallscope:http_request_errors:ratio_rate1m{{{http_sel}}})",
-                    "5xx share",
+                    f"max by (variant) (stallscope:http_request_errors:ratio_rate1m{{{http_sel}}})",
+                    "{{variant}}",
                     "A",
                 )
             ],
             "percentunit",
             thresholds=[(None, "green"), (0.01, "#EAB839"), (0.05, "red")],
             min_=0,
+            overrides=variant_overrides(),
             links=[trace_link("Upstream traces", route, "1ms")],
         ),
         w=8,
@@ -786,38 +790,70 @@ def dependencies():
     L.row("Database: diesel-async and sync diesel pools (DATABASE_URL)")
     L.add(
         timeseries(
-            "Query latency p99 by operation",
-            "How long each kind of query takes inside the database driver, whichever variant "
-            "issued it (`sleep` is the lesson's database-side delay). The query time is the same "
-            "for the async and the blocking variant: what differs is whether a runtime worker "
-            "waited for it. Compare with the Handler variants dashboard's database row.",
+            "Query latency p50 / p99 by operation",
+            "How long each kind of query takes from sending it to having its result (pool "
+            "checkout excluded), whichever variant issued it, per backend (sqlite, postgres, "
+            "mysql: DATABASE_URL). `sleep` is the lesson's database-side delay, so it sits at the "
+            "requested ms; the CRUD operations of /users should stay in single milliseconds. "
+            "The query time is the same for the async and the blocking variant: what differs is "
+            "whether a runtime worker waited for it (compare the Handler variants dashboard's "
+            "database rows). Click for the slowest database-lesson traces: their `db query` "
+            "client spans show each query.",
             [
                 target(
-                    f"histogram_quantile(0.99, sum by (backend, operation, le) (rate(stallscope_db_query_duration_seconds_bucket{{{INSTANCE}}}[$__rate_interval])))",
+                    f"max by (backend, operation) (stallscope:db_query_duration_seconds:p50_1m{{{INSTANCE}}})",
+                    "p50 {{operation}} ({{backend}})",
+                    "A",
+                ),
+                target(
+                    f"max by (backend, operation) (stallscope:db_query_duration_seconds:p99_1m{{{INSTANCE}}})",
+                    "p99 {{operation}} ({{backend}})",
+                    "B",
+                ),
+            ],
+            "s",
+            min_=0,
+            links=[trace_link("Slowest traces of /db/{variant}/users/{id}", "/db/{variant}/users/{id}", "10ms")],
+        ),
+        w=12,
+    )
+    L.add(
+        timeseries(
+            "Queries per second by operation",
+            "Queries sent per second, by operation and backend: the load the handlers put on the "
+            "database. Read it with the latency panel: latency that rises with this rate is the "
+            "database (or the pool) running out of room; latency that rises without it is "
+            "something else, such as a stalled worker that cannot read the answer.",
+            [
+                target(
+                    f"sum by (backend, operation) (stallscope:db_queries:rate1m{{{INSTANCE}}})",
                     "{{operation}} ({{backend}})",
                     "A",
                 )
             ],
-            "s",
+            "reqps",
             min_=0,
+            stack=True,
         ),
-        w=8,
+        w=12,
     )
     L.add(
         timeseries(
             "Pool connections: in use / idle / max",
-            "Connections of the async pool (diesel-async, deadpool) and the sync pool (diesel, "
-            "r2d2; used by the blocking and spawn-blocking variants). In use at max means "
-            "requests now wait for a connection: see the acquire wait next to it.",
+            "Connections of the async pool (diesel-async with deadpool: the async and raw "
+            "variants and /users) and the sync pool (diesel with r2d2: the blocking and "
+            "spawn-blocking variants), per instance and backend. Connections open lazily, so "
+            "idle starts at 0. In use reaching max (the `max` line, "
+            "--db-pool-size) means the next checkout waits: see the acquire wait next to it.",
             [
                 target(
-                    f"sum by (pool, state) (stallscope_db_pool_connections{{{INSTANCE}}})",
-                    "{{pool}} {{state}}",
+                    f"sum by (instance, backend, pool, state) (stallscope_db_pool_connections{{{INSTANCE}}})",
+                    "{{pool}} {{state}} ({{backend}} {{instance}})",
                     "A",
                 ),
                 target(
-                    f"sum by (pool) (stallscope_db_pool_max_connections{{{INSTANCE}}})",
-                    "{{pool}} max",
+                    f"sum by (instance, backend, pool) (stallscope_db_pool_max_connections{{{INSTANCE}}})",
+                    "{{pool}} max ({{backend}} {{instance}})",
                     "B",
                 ),
             ],
@@ -828,15 +864,38 @@ def dependencies():
     )
     L.add(
         timeseries(
-            "Pool acquire wait p99",
-            "How long a query waited for a pooled connection (10 ms amber, 100 ms red). "
-            "Near zero while the pool has idle connections; it climbs when the pool is too small "
-            "for the concurrency, or when the blocking variant holds connections while it also "
-            "holds the only worker.",
+            "Pool utilisation (in use / max)",
+            "Share of each pool's connections checked out. Below 80% (green) the pool has "
+            "room; at 100% (red) every connection is busy and new queries queue for one. A sync "
+            "pool stuck at 100% while the async one idles is the blocking variant holding "
+            "connections, and workers, at once.",
             [
                 target(
-                    f"histogram_quantile(0.99, sum by (pool, le) (rate(stallscope_db_pool_acquire_wait_seconds_bucket{{{INSTANCE}}}[$__rate_interval])))",
-                    "{{pool}}",
+                    f"max by (instance, backend, pool) (stallscope:db_pool_connections_in_use:ratio{{{INSTANCE}}})",
+                    "{{pool}} ({{backend}} {{instance}})",
+                    "A",
+                )
+            ],
+            "percentunit",
+            thresholds=[(None, "green"), (0.8, "#EAB839"), (1, "red")],
+            min_=0,
+            max_=1,
+        ),
+        w=8,
+    )
+    L.add(
+        timeseries(
+            "Pool acquire wait p99",
+            "How long a query waited to check a connection out of the pool, connecting "
+            "included (10 ms amber, 100 ms red). Near zero while the pool has idle connections "
+            "(the first checkout of a connection pays the connect). It climbs when the pool is "
+            "too small for the concurrency, or when the blocking variant holds connections "
+            "while it also holds the only worker. Checkouts give up after "
+            "--db-acquire-timeout-ms (503).",
+            [
+                target(
+                    f"max by (instance, backend, pool) (stallscope:db_pool_acquire_wait_seconds:p99_1m{{{INSTANCE}}})",
+                    "{{pool}} ({{backend}} {{instance}})",
                     "A",
                 )
             ],
@@ -846,10 +905,45 @@ def dependencies():
         ),
         w=8,
     )
+    L.row("Trace export: OTLP to the trace backend")
+    L.add(
+        timeseries(
+            "OTLP spans exported / dropped per second",
+            "Spans sent to the trace backend (OTEL_EXPORTER_OTLP_ENDPOINT) per second, and spans "
+            "lost, by reason: export_failed (the collector is down or refused the batch), "
+            "queue_full (spans end faster than the exporter sends them: raise "
+            "OTEL_BSP_MAX_QUEUE_SIZE or sample), shut_down (ended after shutdown began). The "
+            "exporter runs on its own thread and never slows a request: when export fails, the "
+            "cost is missing traces, so the trace links on these dashboards find nothing. Dropped "
+            "lines are orange; the OtelSpansDropped alert fires when over 1% of "
+            "spans are lost for 5 minutes. No lines at all: export is off (no endpoint set).",
+            [
+                target(
+                    f"sum by (instance) (stallscope:otel_spans_exported:rate1m{{{INSTANCE}}})",
+                    "exported {{instance}}",
+                    "A",
+                ),
+                target(
+                    f"sum by (instance, reason) (stallscope:otel_spans_dropped:rate1m{{{INSTANCE}}})",
+                    "dropped: {{reason}} {{instance}}",
+                    "B",
+                ),
+            ],
+            "suffix: spans/s",
+            min_=0,
+            overrides=[
+                {
+                    "matcher": {"id": "byRegexp", "options": "dropped.*"},
+                    "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "orange"}}],
+                }
+            ],
+        ),
+        w=24,
+    )
     return dashboard(
         "stallscope-dependencies",
         "Dependencies",
-        "Latency and pool figures of what the handlers call: the slow upstream and the database.",
+        "Latency and pool figures of what the handlers call (the slow upstream and the database), and the trace export.",
         L.panels,
     )
 

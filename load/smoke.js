@@ -3,7 +3,7 @@
 //   BASE_URL=http://127.0.0.1:3000 k6 run --no-usage-report load/smoke.js
 //
 // One virtual user goes round all endpoints for DURATION (default 5s). Requests are small
-// (SLEEP_MS, UPSTREAM_MS default 20; CPU_ITERATIONS default 100000), so even the blocking
+// (SLEEP_MS, UPSTREAM_MS, DB_SLEEP_MS default 20; CPU_ITERATIONS default 100000), so even the blocking
 // variants are quick: this checks that the service works, not how it behaves under load.
 import http from 'k6/http';
 import { check, sleep } from 'k6';
@@ -11,6 +11,7 @@ import { BASE_URL, LESSONS, envInt, servedBy, thresholdLines } from './lib.js';
 
 __ENV.SLEEP_MS = __ENV.SLEEP_MS || '20';
 __ENV.UPSTREAM_MS = __ENV.UPSTREAM_MS || '20';
+__ENV.DB_SLEEP_MS = __ENV.DB_SLEEP_MS || '20';
 __ENV.CPU_ITERATIONS = __ENV.CPU_ITERATIONS || '100000';
 
 export const options = {
@@ -27,6 +28,9 @@ export const options = {
   },
 };
 
+// version 00, 32 hex trace id, 16 hex span id, flags.
+const TRACEPARENT = /^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
+
 const SERVICE = [
   ['/healthz', (r) => r.json('status') === 'ok'],
   ['/readyz', (r) => r.json('status') === 'ready'],
@@ -42,6 +46,7 @@ export default function () {
       [`${path} is 200`]: (r) => r.status === 200,
       [`${path} body`]: bodyOk,
       [`${path} has x-request-id`]: (r) => !!r.headers['X-Request-Id'],
+      [`${path} has a W3C traceparent`]: (r) => TRACEPARENT.test(r.headers['Traceparent'] || ''),
     });
   }
   for (const [lesson, l] of Object.entries(LESSONS)) {
@@ -53,6 +58,8 @@ export default function () {
       check(res, {
         [`${lesson}/${variant} is 200`]: (r) => r.status === 200,
         [`${lesson}/${variant} served by ${variant}`]: (r) => servedBy(r, variant),
+        // The server span's ids: what to paste into Jaeger's trace search.
+        [`${lesson}/${variant} has a W3C traceparent`]: (r) => TRACEPARENT.test(r.headers['Traceparent'] || ''),
       });
     }
   }

@@ -4,7 +4,8 @@
 # dashboards (structure, datasource uids, generated JSON up to date), the Docker build
 # context, and then a live run: the release binary and its standalone upstream, a real
 # Prometheus scraping it every second, k6 running every load script with its thresholds,
-# and every PromQL expression of every dashboard panel, datasource and rule returning data.
+# and every PromQL expression of every dashboard panel, datasource and rule returning data;
+# spans go to a stand-in OTLP collector and the dashboards' trace links are checked against them.
 #
 # Needs: prometheus + promtool, docker-compose, and a venv with k6 and PyYAML
 # (scripts/checks/stack/install-tools.sh; scripts/ci-setup.sh runs it).
@@ -79,6 +80,9 @@ else
 fi
 [ -x "$bin" ] || die "no binary at $bin"
 
+step "the image's final stage installs the shared libraries the binary links"
+"$py" "$here/stackcheck.py" runtime-libs "$bin"
+
 free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { # url, what, pid
   local i
@@ -90,13 +94,24 @@ wait_http() { # url, what, pid
   die "$2 did not come up at $1"
 }
 
-step "start the upstream, stallscope and Prometheus on loopback"
+step "start the upstream, an OTLP collector stand-in, stallscope and Prometheus on loopback"
 up_port=$(free_port); svc_port=$(free_port); metrics_port=$(free_port); prom_port=$(free_port)
+otlp_port=$(free_port)
 "$bin" upstream --bind "127.0.0.1:$up_port" >"$tmp/upstream.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$up_port/healthz" upstream $!
+# The trace backend's stand-in: OTLP/HTTP on loopback. It refuses every batch while
+# $tmp/otlp-refuse exists (until smoke.js is over: the dropped-spans series and the
+# OtelSpansDropped alert have something to show) and keeps the spans of the rest, which the
+# trace links are checked against at the end.
+touch "$tmp/otlp-refuse"
+"$py" "$here/stackcheck.py" otlp-sink "$otlp_port" "$tmp/spans.jsonl" "$tmp/otlp-refuse" >"$tmp/otlp-sink.log" 2>&1 &
+pids+=($!)
 # Two workers so that a handful of blocking requests stall the whole executor, and a small
 # blocking pool so that the spawn-blocking burst saturates it: both alerts' conditions occur.
+# The database is an embedded SQLite file (the default backend, no server needed).
+OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+OTEL_SERVICE_NAME=stallscope OTEL_BSP_SCHEDULE_DELAY=500 \
 "$bin" serve --bind "127.0.0.1:$svc_port" --metrics-bind "127.0.0.1:$metrics_port" \
   --upstream-url "http://127.0.0.1:$up_port" --workers 2 --max-blocking-threads 4 \
   --database-url "sqlite://$tmp/stack.db" \
@@ -110,7 +125,15 @@ prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/prom-da
 pids+=($!)
 prom="http://127.0.0.1:$prom_port"
 wait_http "$prom/-/ready" prometheus $!
-echo "  upstream :$up_port, stallscope :$svc_port (metrics :$metrics_port), prometheus :$prom_port"
+echo "  upstream :$up_port, stallscope :$svc_port (metrics :$metrics_port), prometheus :$prom_port, otlp :$otlp_port"
+# Prometheus applies new scrape targets up to 5 s after it is ready: wait for the first scrape,
+# or whatever happens before it (smoke.js, the refused spans) is invisible to rate().
+for i in $(seq 1 100); do
+  "$py" -c 'import json,sys,urllib.request; sys.exit(0 if json.load(urllib.request.urlopen(sys.argv[1]))["data"]["result"] else 1)' \
+    "$prom/api/v1/query?query=up%7Bjob%3D%22stallscope%22%7D%3D%3D1" 2>/dev/null && break
+  [ "$i" = 100 ] && die "prometheus never scraped stallscope"
+  sleep 0.1
+done
 
 step "the image's and compose's healthcheck commands against the live processes"
 SERVICE_PORT=$svc_port UPSTREAM_PORT=$up_port "$py" "$here/stackcheck.py" healthchecks
@@ -123,10 +146,12 @@ run_k6() { # script, env...
 }
 load_start=$(date +%s)
 run_k6 smoke.js DURATION=3s
+rm "$tmp/otlp-refuse" # the collector accepts spans from now on
 # Light CPU requests (~25 ms): enough for cpu/inline to stall, not enough to saturate both
 # cores, where OS preemption would make even the correct CPU variants' polls look slow.
 run_k6 variants.js DURATION=8s CPU_ITERATIONS=500000
 run_k6 collateral.js BURST_VUS=6
+# /users CRUD, /login and /db/{variant}/users/{id} (variants.js covered /db/{variant}/sleep).
 run_k6 db.js DURATION=5s VUS=2
 
 step "every PromQL expression of the dashboards, datasources and rules returns data over the load"
@@ -135,5 +160,8 @@ sleep 3 # a last scrape and rule evaluation after the load
 
 step "each alert went pending or firing: the load made every alert's condition true"
 "$py" "$here/stackcheck.py" alerts "$prom" "$load_start"
+
+step "the dashboards' trace links search for what the exported spans carry"
+"$py" "$here/stackcheck.py" traces "$tmp/spans.jsonl" "$prom" "$load_start"
 
 printf '\nstack check passed in %ss\n' "$((SECONDS - started))"
