@@ -200,6 +200,15 @@ async fn dead_collector_costs_requests_nothing_and_drops_are_counted() {
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &closed), FAST_EXPORT],
     )
     .await;
+    // Every drop reason is a series from the first scrape, so the alert's `rate()` sees the
+    // very first drop.
+    let before = service.scrape().await;
+    assert_eq!(
+        before.series("stallscope_otel_spans_dropped_total"),
+        3,
+        "queue_full, export_failed and shut_down exist before any drop"
+    );
+    assert_eq!(before.series("stallscope_otel_spans_exported_total"), 1);
     let client = reqwest::Client::new();
     let mut slowest = Duration::ZERO;
     for _ in 0..30 {
@@ -494,6 +503,8 @@ async fn http_protobuf_export_posts_to_v1_traces() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_SERVICE_NAME", "stallscope-test"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=ci"),
             FAST_EXPORT,
         ],
     )
@@ -524,6 +535,33 @@ async fn http_protobuf_export_posts_to_v1_traces() {
             .map(|s| s.name.clone())
             .collect();
         if names.iter().any(|n| n == "GET /sleep/{variant}") {
+            // The resource travels with every batch: without `service.name` a trace UI
+            // cannot tell which service sent the spans.
+            let service_names: Vec<String> = request
+                .resource_spans
+                .iter()
+                .filter_map(|r| r.resource.as_ref())
+                .flat_map(|r| &r.attributes)
+                .filter(|a| a.key == "service.name")
+                .filter_map(|a| a.value.as_ref()?.value.as_ref())
+                .map(|v| format!("{v:?}"))
+                .collect();
+            assert!(
+                !service_names.is_empty()
+                    && service_names.iter().all(|n| n.contains("stallscope-test")),
+                "every batch names the service: {service_names:?}"
+            );
+            let custom: Vec<&str> = request
+                .resource_spans
+                .iter()
+                .filter_map(|r| r.resource.as_ref())
+                .flat_map(|r| &r.attributes)
+                .map(|a| a.key.as_str())
+                .collect();
+            assert!(
+                custom.contains(&"deployment.environment.name"),
+                "OTEL_RESOURCE_ATTRIBUTES reach the collector: {custom:?}"
+            );
             return;
         }
     }

@@ -135,6 +135,12 @@ fn prometheus_handle() -> PrometheusHandle {
                 );
             }
             describe();
+            // Series that exist from the first scrape, so `rate()` and `increase()` see their
+            // first rise instead of starting from an absent series.
+            metrics::counter!(OTEL_SPANS_EXPORTED).increment(0);
+            for reason in otlp::DROP_REASONS {
+                metrics::counter!(OTEL_SPANS_DROPPED, "reason" => reason).increment(0);
+            }
             handle
         })
         .clone()

@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 
@@ -75,8 +76,17 @@ impl OtlpSettings {
     }
 }
 
+/// Every `reason` label of `stallscope_otel_spans_dropped_total`.
+pub const DROP_REASONS: [&str; 3] = [DROPPED_QUEUE_FULL, DROPPED_EXPORT_FAILED, DROPPED_SHUT_DOWN];
+const DROPPED_QUEUE_FULL: &str = "queue_full";
+const DROPPED_EXPORT_FAILED: &str = "export_failed";
+const DROPPED_SHUT_DOWN: &str = "shut_down";
+
 enum Message {
     Span(Box<SpanData>),
+    /// The provider's resource (`service.name`, `OTEL_RESOURCE_ATTRIBUTES`, …): the exporter
+    /// attaches it to every batch, which is how a trace UI knows which service sent a span.
+    Resource(Box<Resource>),
     /// Export everything queued so far, then answer.
     Flush(std::sync::mpsc::SyncSender<()>),
 }
@@ -151,7 +161,7 @@ fn build_exporter(settings: &OtlpSettings) -> anyhow::Result<opentelemetry_otlp:
 
 async fn export_loop(
     mut receiver: mpsc::Receiver<Message>,
-    exporter: opentelemetry_otlp::SpanExporter,
+    mut exporter: opentelemetry_otlp::SpanExporter,
     delay: Duration,
     max_batch: usize,
 ) {
@@ -166,6 +176,7 @@ async fn export_loop(
                     deadline = tokio::time::Instant::now() + delay;
                 }
             }
+            Ok(Some(Message::Resource(resource))) => exporter.set_resource(&resource),
             Ok(Some(Message::Flush(done))) => {
                 export(&exporter, &mut batch).await;
                 let _ = done.send(());
@@ -192,7 +203,8 @@ async fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<Spa
     match exporter.export(spans).await {
         Ok(()) => metrics::counter!(OTEL_SPANS_EXPORTED).increment(count),
         Err(err) => {
-            metrics::counter!(OTEL_SPANS_DROPPED, "reason" => "export_failed").increment(count);
+            metrics::counter!(OTEL_SPANS_DROPPED, "reason" => DROPPED_EXPORT_FAILED)
+                .increment(count);
             tracing::debug!(%err, spans = count, "span export failed");
         }
     }
@@ -206,16 +218,16 @@ impl SpanProcessor for QueueingProcessor {
             return;
         }
         let Some(queue) = self.sender() else {
-            metrics::counter!(OTEL_SPANS_DROPPED, "reason" => "shut_down").increment(1);
+            metrics::counter!(OTEL_SPANS_DROPPED, "reason" => DROPPED_SHUT_DOWN).increment(1);
             return;
         };
         match queue.try_send(Message::Span(Box::new(span))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!(OTEL_SPANS_DROPPED, "reason" => "queue_full").increment(1);
+                metrics::counter!(OTEL_SPANS_DROPPED, "reason" => DROPPED_QUEUE_FULL).increment(1);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                metrics::counter!(OTEL_SPANS_DROPPED, "reason" => "shut_down").increment(1);
+                metrics::counter!(OTEL_SPANS_DROPPED, "reason" => DROPPED_SHUT_DOWN).increment(1);
             }
         }
     }
@@ -239,6 +251,18 @@ impl SpanProcessor for QueueingProcessor {
         flushed
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .map_err(|_| OTelSdkError::Timeout(FLUSH_TIMEOUT))
+    }
+
+    /// The provider calls this once, while it is built and before any span exists, so the
+    /// queue is empty and the resource reaches the exporter ahead of every span.
+    fn set_resource(&mut self, resource: &Resource) {
+        if let Some(queue) = self.sender()
+            && queue
+                .try_send(Message::Resource(Box::new(resource.clone())))
+                .is_err()
+        {
+            tracing::warn!("could not hand the resource to the span exporter");
+        }
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
