@@ -566,3 +566,46 @@ async fn http_protobuf_export_posts_to_v1_traces() {
         }
     }
 }
+
+/// Without an exporter spans are not recorded, but they keep their ids: every response still
+/// names its trace, an incoming trace is still joined, and the flags say "not sampled".
+#[tokio::test]
+async fn without_an_exporter_responses_still_name_the_trace() {
+    let _serial = SERIAL.lock().await;
+    let service = ServiceProcess::start_with_env(&["--workers", "1"], &[]).await;
+    let client = reqwest::Client::new();
+    let traceparent = |response: &reqwest::Response| -> Vec<String> {
+        response
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .expect("a traceparent response header")
+            .split('-')
+            .map(str::to_owned)
+            .collect()
+    };
+    let fresh = client
+        .get(format!("{}/hello", service.base_url))
+        .send()
+        .await
+        .expect("answer");
+    let parts = traceparent(&fresh);
+    assert_eq!(parts.len(), 4, "{parts:?}");
+    assert_eq!((parts[0].as_str(), parts[3].as_str()), ("00", "00"));
+    assert_eq!((parts[1].len(), parts[2].len()), (32, 16), "{parts:?}");
+    assert!(parts[1].chars().any(|c| c != '0'), "a valid trace id");
+
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let joined = client
+        .get(format!("{}/hello", service.base_url))
+        .header(
+            "traceparent",
+            format!("00-{caller_trace}-00f067aa0ba902b7-01"),
+        )
+        .send()
+        .await
+        .expect("answer");
+    let parts = traceparent(&joined);
+    assert_eq!(parts[1], caller_trace, "the caller's trace is joined");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "with a span of its own");
+}

@@ -17,6 +17,7 @@ use std::io::IsTerminal;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::Sampler;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -77,6 +78,12 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
             Err(err) => export_error = Some(format!("{err:#}")),
         }
     }
+    if otlp.is_none() || export_error.is_some() {
+        // Nothing would ever read a recorded span: keep the ids (responses and JSON logs
+        // still name a trace, and `traceparent` still propagates it, flagged "not sampled"),
+        // skip recording the attributes and building the span data at its end.
+        provider = provider.with_sampler(Sampler::AlwaysOff);
+    }
     let provider = provider.build();
     let tracer = provider.tracer("stallscope");
 
@@ -111,6 +118,15 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
+                // Each of these costs every span something, and none says anything here: the
+                // route layer measures busy and idle time per poll itself
+                // (`stallscope.poll.*`), a task hops threads so one thread name would
+                // mislead, every server span is made at the same line of the route layer,
+                // and nothing reads OpenTelemetry's thread-local current context.
+                .with_tracked_inactivity(false)
+                .with_threads(false)
+                .with_location(false)
+                .with_context_activation(false)
                 .with_filter(trace_filter),
         )
         .with(console)

@@ -4,6 +4,7 @@
 
 pub mod canary;
 pub mod exposition;
+pub mod http_metrics;
 pub mod logging;
 pub mod metric_names;
 pub mod otlp;
@@ -28,6 +29,7 @@ use watchdog::Watchdog;
 pub struct Telemetry {
     prometheus: PrometheusHandle,
     pub tasks: TaskMonitors,
+    pub http: http_metrics::HttpMetrics,
     pub watchdog: Arc<Watchdog>,
     /// The service runtime, known once it runs; `/metrics` reads its figures from any thread.
     runtime: OnceLock<Handle>,
@@ -39,6 +41,7 @@ impl Telemetry {
         Arc::new(Self {
             prometheus: prometheus_handle(),
             tasks: TaskMonitors::new(settings.slow_poll_threshold()),
+            http: http_metrics::HttpMetrics::default(),
             watchdog: Watchdog::new(settings.stall_threshold()),
             runtime: OnceLock::new(),
             settings: settings.clone(),

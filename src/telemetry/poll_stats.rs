@@ -7,9 +7,11 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
+
+use futures::task::AtomicWaker;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PollStats {
@@ -20,68 +22,60 @@ pub struct PollStats {
     pub scheduled_wait: Duration,
 }
 
-/// Wraps a future, timing each poll and each wake-to-poll delay.
-pub struct Measured<F> {
-    inner: Pin<Box<F>>,
-    clock: Arc<WakeClock>,
-    waker: Waker,
-    stats: Arc<Mutex<PollStats>>,
+pin_project_lite::pin_project! {
+    /// Wraps a future, timing each poll and each wake-to-poll delay; resolves to the inner
+    /// output and the statistics. The statistics live in the wrapper itself (only the poll
+    /// that owns it writes them), so measuring costs no lock.
+    pub struct Measured<F> {
+        #[pin]
+        inner: F,
+        clock: Arc<WakeClock>,
+        waker: Waker,
+        stats: PollStats,
+    }
 }
 
 impl<F: Future> Measured<F> {
-    /// `stats` is updated as the future runs; read it once the future is done.
-    pub fn new(inner: F, stats: Arc<Mutex<PollStats>>) -> Self {
+    pub fn new(inner: F) -> Self {
         let clock = Arc::new(WakeClock {
             woken_at_ns: AtomicU64::new(0),
-            inner: Mutex::new(None),
+            inner: AtomicWaker::new(),
         });
         Self {
-            inner: Box::pin(inner),
+            inner,
             waker: Waker::from(Arc::clone(&clock)),
             clock,
-            stats,
+            stats: PollStats::default(),
         }
     }
 }
 
 impl<F: Future> Future for Measured<F> {
-    type Output = F::Output;
+    type Output = (F::Output, PollStats);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
         let started = Instant::now();
-        let woken = self.clock.woken_at_ns.swap(0, Ordering::AcqRel);
-        self.clock.register(cx.waker());
-        let waker = self.waker.clone();
-        let result = self.inner.as_mut().poll(&mut Context::from_waker(&waker));
+        let woken = this.clock.woken_at_ns.swap(0, Ordering::AcqRel);
+        this.clock.inner.register(cx.waker());
+        let result = this.inner.poll(&mut Context::from_waker(this.waker));
         let took = started.elapsed();
-        if let Ok(mut stats) = self.stats.lock() {
-            stats.polls += 1;
-            stats.busy += took;
-            stats.longest = stats.longest.max(took);
-            if woken != 0 {
-                stats.scheduled_wait +=
-                    Duration::from_nanos(nanos_since_epoch(started).saturating_sub(woken));
-            }
+        let stats = this.stats;
+        stats.polls += 1;
+        stats.busy += took;
+        stats.longest = stats.longest.max(took);
+        if woken != 0 {
+            stats.scheduled_wait +=
+                Duration::from_nanos(nanos_since_epoch(started).saturating_sub(woken));
         }
-        result
+        result.map(|output| (output, *stats))
     }
 }
 
 /// The waker handed to the inner future: notes when it was woken, then wakes the real one.
 struct WakeClock {
     woken_at_ns: AtomicU64,
-    inner: Mutex<Option<Waker>>,
-}
-
-impl WakeClock {
-    fn register(&self, waker: &Waker) {
-        if let Ok(mut inner) = self.inner.lock() {
-            match inner.as_ref() {
-                Some(current) if current.will_wake(waker) => {}
-                _ => *inner = Some(waker.clone()),
-            }
-        }
-    }
+    inner: AtomicWaker,
 }
 
 impl Wake for WakeClock {
@@ -95,11 +89,7 @@ impl Wake for WakeClock {
         let _ = self
             .woken_at_ns
             .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
-        if let Ok(inner) = self.inner.lock()
-            && let Some(waker) = inner.as_ref()
-        {
-            waker.wake_by_ref();
-        }
+        self.inner.wake();
     }
 }
 
@@ -115,17 +105,12 @@ mod tests {
 
     #[tokio::test]
     async fn counts_polls_and_finds_the_longest() {
-        let stats = Arc::new(Mutex::new(PollStats::default()));
-        Measured::new(
-            async {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                std::thread::sleep(Duration::from_millis(30));
-                tokio::task::yield_now().await;
-            },
-            Arc::clone(&stats),
-        )
+        let ((), stats) = Measured::new(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            std::thread::sleep(Duration::from_millis(30));
+            tokio::task::yield_now().await;
+        })
         .await;
-        let stats = *stats.lock().expect("stats");
         assert_eq!(stats.polls, 3, "{stats:?}");
         assert!(stats.longest >= Duration::from_millis(30), "{stats:?}");
         assert!(stats.longest < Duration::from_millis(200), "{stats:?}");

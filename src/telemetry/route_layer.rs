@@ -20,9 +20,9 @@ use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Telemetry;
-use super::metric_names::{HTTP_ACTIVE_REQUESTS, HTTP_REQUEST_DURATION};
+use super::http_metrics::RouteKey;
 use super::poll_stats::{Measured, PollStats};
-use super::trace_context;
+use super::trace_context::{self, SpanIds};
 use super::watchdog::{RequestTag, StallReport, Watchdog};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -47,17 +47,30 @@ pub async fn observe(
     let variant = variant_label(route, request.uri().path());
     let method = method_label(request.method());
     let request_id = request_id(&request);
-    let span = server_span(&request, route, variant, method, &request_id);
-    let trace_id = trace_context::ids(&span).map(|(trace_id, _)| trace_id);
+    let instruments = telemetry.http.get(
+        RouteKey {
+            route,
+            variant,
+            method,
+        },
+        &telemetry.tasks,
+    );
+    let (span, ids) = server_span(
+        &request,
+        &instruments.span_name,
+        route,
+        variant,
+        method,
+        &request_id,
+    );
 
-    let active = metrics::gauge!(HTTP_ACTIVE_REQUESTS, "http_route" => route, "http_request_method" => method);
-    active.increment(1.0);
+    instruments.active.increment(1.0);
     let stall_span = span.clone();
     let tag = Arc::new(RequestTag {
         route,
         variant,
-        request_id: request_id.clone(),
-        trace_id,
+        request_id,
+        trace_id: ids.map(|ids| ids.trace_id),
         on_stall: Some(Box::new(move |report: &StallReport| {
             stall_span.add_event(
                 "executor.stall",
@@ -71,66 +84,51 @@ pub async fn observe(
             );
         })),
     });
-    let stats = Arc::new(Mutex::new(PollStats::default()));
     let handler = TaggedPolls {
-        inner: Box::pin(next.run(request)),
-        tag,
-        watchdog: Arc::clone(&telemetry.watchdog),
+        inner: next.run(request),
+        tag: Arc::clone(&tag),
+        watchdog: &telemetry.watchdog,
     };
-    let measured = Measured::new(handler, Arc::clone(&stats));
-    let monitor = telemetry.tasks.get(route, variant);
-    let monitored = tokio_metrics::TaskMonitor::instrument(&monitor, measured);
-    let mut response = monitored.instrument(span.clone()).await;
-    active.decrement(1.0);
+    let monitored =
+        tokio_metrics::TaskMonitor::instrument(&instruments.monitor, Measured::new(handler));
+    let (mut response, stats) = monitored.instrument(span.clone()).await;
+    instruments.active.decrement(1.0);
 
     let status = response.status();
-    metrics::histogram!(
-        HTTP_REQUEST_DURATION,
-        "http_route" => route,
-        "http_request_method" => method,
-        "http_response_status_code" => status.as_u16().to_string(),
-        // Not an OpenTelemetry attribute, but bounded like `http_route`, and what lets a
-        // dashboard put each lesson's variants side by side.
-        "variant" => variant,
-    )
-    .record(started.elapsed().as_secs_f64());
+    instruments.record_duration(status.as_u16(), started.elapsed().as_secs_f64());
     record_outcome(&span, status, &stats);
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(value) = HeaderValue::from_str(&tag.request_id) {
         headers.insert(REQUEST_ID, value);
     }
-    if let Some(traceparent) = trace_context::traceparent(&span) {
+    if let Some(traceparent) = ids.and_then(|ids| ids.traceparent()) {
         headers.insert(trace_context::TRACEPARENT, traceparent);
     }
     response
 }
 
 /// The request's server span, with the HTTP semantic-convention attributes, joined to the
-/// caller's trace when the request carries a `traceparent`.
+/// caller's trace when the request carries a `traceparent`; and its ids, read once.
 pub fn server_span(
     request: &Request,
+    name: &str,
     route: &str,
     variant: &str,
     method: &str,
     request_id: &str,
-) -> Span {
-    let name = if route == UNMATCHED_ROUTE {
-        method.to_owned()
-    } else {
-        format!("{method} {route}")
-    };
-    let path: String = request.uri().path().chars().take(256).collect();
+) -> (Span, Option<SpanIds>) {
+    let path = request.uri().path();
     let span = tracing::info_span!(
         "HTTP request",
-        otel.name = %name,
+        otel.name = name,
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         http.request.method = method,
         http.route = route,
         http.response.status_code = tracing::field::Empty,
-        url.path = %path,
+        url.path = truncated(path, MAX_PATH_ATTRIBUTE),
         url.scheme = "http",
-        network.protocol.version = ?request.version(),
+        network.protocol.version = protocol_version(request.version()),
         stallscope.variant = variant,
         stallscope.request_id = request_id,
         stallscope.poll.count = tracing::field::Empty,
@@ -140,30 +138,59 @@ pub fn server_span(
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
-    let _ = span.set_parent(trace_context::extract(request.headers()));
-    if let Some((trace_id, span_id)) = trace_context::ids(&span) {
-        span.record("trace_id", trace_id);
-        span.record("span_id", span_id);
+    if request.headers().contains_key(trace_context::TRACEPARENT) {
+        let _ = span.set_parent(trace_context::extract(request.headers()));
     }
-    span
+    let ids = SpanIds::of(&span);
+    if let Some(ids) = ids {
+        span.record("trace_id", tracing::field::display(ids.trace_id));
+        span.record("span_id", tracing::field::display(ids.span_id));
+    }
+    (span, ids)
+}
+
+/// Longest `url.path` put on a span: paths are client input.
+const MAX_PATH_ATTRIBUTE: usize = 256;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `network.protocol.version` as the semantic conventions spell it.
+fn protocol_version(version: axum::http::Version) -> &'static str {
+    use axum::http::Version;
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_11 => "1.1",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "unknown",
+    }
 }
 
 /// Status and poll statistics, once the response exists.
-pub fn record_outcome(span: &Span, status: StatusCode, stats: &Mutex<PollStats>) {
+pub fn record_outcome(span: &Span, status: StatusCode, stats: &PollStats) {
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    if let Ok(stats) = stats.lock() {
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        span.record("stallscope.poll.count", stats.polls);
-        span.record("stallscope.poll.longest_ms", ms(stats.longest));
-        span.record("stallscope.poll.busy_ms", ms(stats.busy));
-        span.record(
-            "stallscope.poll.scheduled_wait_ms",
-            ms(stats.scheduled_wait),
-        );
-    }
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    span.record("stallscope.poll.count", stats.polls);
+    span.record("stallscope.poll.longest_ms", ms(stats.longest));
+    span.record("stallscope.poll.busy_ms", ms(stats.busy));
+    span.record(
+        "stallscope.poll.scheduled_wait_ms",
+        ms(stats.scheduled_wait),
+    );
 }
 
 /// Server spans (and poll statistics) without metrics, for the slow upstream.
@@ -174,28 +201,41 @@ pub async fn trace_only(request: Request, next: Next) -> Response {
         .map_or(UNMATCHED_ROUTE, |m| intern(m.as_str()));
     let method = method_label(request.method());
     let request_id = request_id(&request);
-    let span = server_span(&request, route, NO_VARIANT, method, &request_id);
-    let stats = Arc::new(Mutex::new(PollStats::default()));
-    let response = Measured::new(next.run(request), Arc::clone(&stats))
+    let name = span_name(method, route);
+    let (span, _) = server_span(&request, &name, route, NO_VARIANT, method, &request_id);
+    let (response, stats) = Measured::new(next.run(request))
         .instrument(span.clone())
         .await;
     record_outcome(&span, response.status(), &stats);
     response
 }
 
-/// Tells the watchdog, at every poll, which request the running poll belongs to.
-struct TaggedPolls<F> {
-    inner: Pin<Box<F>>,
-    tag: Arc<RequestTag>,
-    watchdog: Arc<Watchdog>,
+pin_project_lite::pin_project! {
+    /// Tells the watchdog, at every poll, which request the running poll belongs to.
+    struct TaggedPolls<'a, F> {
+        #[pin]
+        inner: F,
+        tag: Arc<RequestTag>,
+        watchdog: &'a Arc<Watchdog>,
+    }
 }
 
-impl<F: Future> Future for TaggedPolls<F> {
+impl<F: Future> Future for TaggedPolls<'_, F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.watchdog.tag_current_poll(&self.tag);
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        this.watchdog.tag_current_poll(this.tag);
+        this.inner.poll(cx)
+    }
+}
+
+/// The server span's name: `{method} {route}`, or the method alone for unmatched paths.
+pub fn span_name(method: &str, route: &str) -> String {
+    if route == UNMATCHED_ROUTE {
+        method.to_owned()
+    } else {
+        format!("{method} {route}")
     }
 }
 

@@ -2,7 +2,7 @@
 //! responses.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -21,21 +21,30 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     });
 }
 
-/// `span`'s ids as (trace id, span id) hex strings, when it has a valid OpenTelemetry span.
-pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| {
-        (
-            span_context.trace_id().to_string(),
-            span_context.span_id().to_string(),
-        )
-    })
+/// A span's OpenTelemetry identity, read once per request.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanIds {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub sampled: bool,
 }
 
-/// The `traceparent` value naming `span`, for response headers.
-pub fn traceparent(span: &tracing::Span) -> Option<HeaderValue> {
-    let mut headers = HeaderMap::new();
-    inject(span, &mut headers);
-    headers.remove(TRACEPARENT)
+impl SpanIds {
+    /// `span`'s ids, when it has a valid OpenTelemetry span.
+    pub fn of(span: &tracing::Span) -> Option<Self> {
+        let context = span.context();
+        let otel = context.span();
+        let span_context = otel.span_context();
+        span_context.is_valid().then(|| Self {
+            trace_id: span_context.trace_id(),
+            span_id: span_context.span_id(),
+            sampled: span_context.is_sampled(),
+        })
+    }
+
+    /// The W3C `traceparent` naming this span, for response headers.
+    pub fn traceparent(&self) -> Option<HeaderValue> {
+        let flags = if self.sampled { "01" } else { "00" };
+        HeaderValue::from_str(&format!("00-{}-{}-{flags}", self.trace_id, self.span_id)).ok()
+    }
 }

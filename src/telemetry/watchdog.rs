@@ -32,7 +32,7 @@ pub struct RequestTag {
     pub variant: &'static str,
     pub request_id: String,
     /// The request's trace id, when it has one.
-    pub trace_id: Option<String>,
+    pub trace_id: Option<opentelemetry::trace::TraceId>,
     /// Called once when the watchdog reports a stall of this request (the trace layer uses it
     /// to put an event on the request's span).
     pub on_stall: Option<StallCallback>,
@@ -188,7 +188,7 @@ impl Watchdog {
                 route,
                 variant,
                 request_id = request.as_ref().map(|r| r.request_id.as_str()).unwrap_or(""),
-                trace_id = request.as_ref().and_then(|r| r.trace_id.as_deref()).unwrap_or(""),
+                trace_id = %TraceIdField(request.as_ref().and_then(|r| r.trace_id)),
                 elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                 "stall ended"
             );
@@ -259,7 +259,7 @@ impl Watchdog {
                         route,
                         variant,
                         request_id = %tag.request_id,
-                        trace_id = tag.trace_id.as_deref().unwrap_or(""),
+                        trace_id = %TraceIdField(tag.trace_id),
                         elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                         "executor stall: a poll of {route} ({variant}) has held worker {} for {} ms and is still running",
                         report.worker,
@@ -319,6 +319,18 @@ impl Watchdog {
 
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
+    }
+}
+
+/// A trace id for log fields: hex, or empty when the request has none.
+struct TraceIdField(Option<opentelemetry::trace::TraceId>);
+
+impl std::fmt::Display for TraceIdField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(trace_id) => write!(f, "{trace_id}"),
+            None => Ok(()),
+        }
     }
 }
 
