@@ -96,7 +96,7 @@ pub async fn observe(
 
     let status = response.status();
     instruments.record_duration(status.as_u16(), started.elapsed().as_secs_f64());
-    record_outcome(&span, status, &stats);
+    record_outcome(&span, ids, status, &stats);
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&tag.request_id) {
         headers.insert(REQUEST_ID, value);
@@ -177,8 +177,12 @@ fn protocol_version(version: axum::http::Version) -> &'static str {
     }
 }
 
-/// Status and poll statistics, once the response exists.
-pub fn record_outcome(span: &Span, status: StatusCode, stats: &PollStats) {
+/// Status and poll statistics, once the response exists. Only a sampled span keeps them (no
+/// log line is written in the span after this), so an unsampled one skips the work.
+pub fn record_outcome(span: &Span, ids: Option<SpanIds>, status: StatusCode, stats: &PollStats) {
+    if !ids.is_some_and(|ids| ids.sampled) {
+        return;
+    }
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
@@ -202,11 +206,11 @@ pub async fn trace_only(request: Request, next: Next) -> Response {
     let method = method_label(request.method());
     let request_id = request_id(&request);
     let name = span_name(method, route);
-    let (span, _) = server_span(&request, &name, route, NO_VARIANT, method, &request_id);
+    let (span, ids) = server_span(&request, &name, route, NO_VARIANT, method, &request_id);
     let (response, stats) = Measured::new(next.run(request))
         .instrument(span.clone())
         .await;
-    record_outcome(&span, response.status(), &stats);
+    record_outcome(&span, ids, response.status(), &stats);
     response
 }
 
