@@ -23,7 +23,9 @@ use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::field::{RecordFields, VisitOutput};
+use tracing_subscriber::fmt::FormattedFields;
+use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -95,6 +97,7 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
     let logs = if json {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .fmt_fields(SpanFieldsForLogs { json: true })
             .event_format(JsonWithTraceIds)
             .with_filter(log_filter())
             .boxed()
@@ -102,6 +105,7 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(SpanFieldsForLogs { json: false })
             .with_filter(log_filter())
             .boxed()
     };
@@ -152,6 +156,78 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
         provider,
         exporting: otlp.is_some(),
     }
+}
+
+/// How the log layer formats fields. The fmt layer formats a span's fields the moment the span
+/// is created (and again at every `record`), whether or not a line is ever logged inside it,
+/// and the server span of every request carries a dozen attributes that only a trace backend
+/// reads. Human logs keep what helps a reader (method, route, path, variant, request and
+/// trace id) and skip the rest; JSON logs print only the trace and span ids of the enclosing
+/// span (see [`JsonWithTraceIds`]), so there span fields are not formatted at all. The fmt
+/// layer formats events' fields with the same formatter, so an event field with a trace-only
+/// name is left out too (no event of stallscope's uses one).
+struct SpanFieldsForLogs {
+    json: bool,
+}
+
+/// Fields only a trace backend reads: left out of human logs.
+fn is_trace_only(name: &str) -> bool {
+    name.starts_with("otel.")
+        || name.starts_with("network.")
+        || name.starts_with("stallscope.poll.")
+        || matches!(name, "url.scheme" | "http.response.status_code" | "span_id")
+}
+
+impl<'writer> FormatFields<'writer> for SpanFieldsForLogs {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        if self.json {
+            return Ok(());
+        }
+        let mut visitor = DefaultVisitor::new(writer, true);
+        fields.record(&mut ForLogs(&mut visitor));
+        visitor.finish()
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &Record<'_>,
+    ) -> fmt::Result {
+        if self.json {
+            return Ok(());
+        }
+        let is_empty = current.fields.is_empty();
+        let mut visitor = DefaultVisitor::new(current.as_writer(), is_empty);
+        fields.record(&mut ForLogs(&mut visitor));
+        visitor.finish()
+    }
+}
+
+/// Passes every field but the trace-only ones on to the default formatter.
+struct ForLogs<'a, V>(&'a mut V);
+
+macro_rules! forward_unless_trace_only {
+    ($($method:ident($type:ty)),* $(,)?) => {
+        $(fn $method(&mut self, field: &Field, value: $type) {
+            if !is_trace_only(field.name()) {
+                self.0.$method(field, value);
+            }
+        })*
+    };
+}
+
+impl<V: Visit> Visit for ForLogs<'_, V> {
+    forward_unless_trace_only!(
+        record_f64(f64),
+        record_i64(i64),
+        record_u64(u64),
+        record_i128(i128),
+        record_u128(u128),
+        record_bool(bool),
+        record_str(&str),
+        record_error(&(dyn std::error::Error + 'static)),
+        record_debug(&dyn fmt::Debug),
+    );
 }
 
 /// A span's trace and span id as recorded by the route layer (`trace_id`, `span_id` fields).
@@ -288,5 +364,86 @@ impl Visit for JsonFields {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.0
             .insert(field.name().into(), Value::String(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Everything the layer writes, for assertions.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn log_inside_a_server_like_span(json: bool) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .fmt_fields(SpanFieldsForLogs { json });
+        let subscriber = tracing_subscriber::registry()
+            .with(TraceIdCapture)
+            .with(if json {
+                layer.event_format(JsonWithTraceIds).boxed()
+            } else {
+                layer.boxed()
+            });
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "HTTP request",
+                otel.kind = "server",
+                http.route = "/sleep/{variant}",
+                network.protocol.version = "1.1",
+                stallscope.poll.count = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            );
+            span.record("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736");
+            span.record("span_id", "00f067aa0ba902b7");
+            span.record("stallscope.poll.count", 3);
+            span.in_scope(|| tracing::warn!(span_id = "event-field", "inside"));
+        });
+        let bytes = captured.0.lock().expect("captured").clone();
+        String::from_utf8(bytes).expect("utf-8 logs")
+    }
+
+    #[test]
+    fn human_logs_keep_what_a_reader_needs_and_skip_trace_only_attributes() {
+        let line = log_inside_a_server_like_span(false);
+        assert!(line.contains(r#"http.route="/sleep/{variant}""#), "{line}");
+        assert!(line.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{line}");
+        for hidden in [
+            "otel.kind",
+            "network.protocol",
+            "stallscope.poll",
+            "00f067aa",
+        ] {
+            assert!(!line.contains(hidden), "{hidden} in {line}");
+        }
+        assert!(line.contains("inside"), "{line}");
+    }
+
+    #[test]
+    fn json_logs_carry_the_span_ids_without_formatting_span_fields() {
+        let line = log_inside_a_server_like_span(true);
+        let value: Value = serde_json::from_str(line.trim()).expect("one JSON object");
+        assert_eq!(value["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(value["message"], "inside");
+        assert_eq!(value["span"], "HTTP request");
     }
 }
