@@ -111,6 +111,15 @@ async fn upstream_call_is_one_trace_across_client_and_upstream() {
         traceparent.contains(&server.trace_id),
         "{traceparent} names the trace"
     );
+    // The ids reach the logs without passing through the span's fields, so they are not
+    // repeated as attributes of the span they identify.
+    for redundant in ["trace_id", "span_id"] {
+        assert!(
+            !server.attributes.contains_key(redundant),
+            "{redundant} is an attribute: {:?}",
+            server.attributes
+        );
+    }
     for (key, value) in [
         ("http.request.method", "GET"),
         ("http.route", "/upstream/{variant}"),

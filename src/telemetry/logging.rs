@@ -14,22 +14,25 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::IsTerminal;
 
+use std::fmt::Write as _;
+
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::Sampler;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
+use tracing::span::Record;
 use tracing::{Event, Subscriber};
 use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::fmt::FormattedFields;
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::{LookupSpan, Registry};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -117,7 +120,6 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
             .spawn()
     });
     let installed = tracing_subscriber::registry()
-        .with(TraceIdCapture)
         .with(logs)
         .with(
             tracing_opentelemetry::layer()
@@ -175,7 +177,7 @@ fn is_trace_only(name: &str) -> bool {
     name.starts_with("otel.")
         || name.starts_with("network.")
         || name.starts_with("stallscope.poll.")
-        || matches!(name, "url.scheme" | "http.response.status_code" | "span_id")
+        || matches!(name, "url.scheme" | "http.response.status_code")
 }
 
 impl<'writer> FormatFields<'writer> for SpanFieldsForLogs {
@@ -230,60 +232,39 @@ impl<V: Visit> Visit for ForLogs<'_, V> {
     );
 }
 
-/// A span's trace and span id as recorded by the route layer (`trace_id`, `span_id` fields).
-#[derive(Debug, Clone, Default)]
+/// A request's trace and span id, kept in its server span's registry extensions by
+/// [`attach_trace_ids`] for the JSON formatter.
+#[derive(Debug, Clone, Copy)]
 struct TraceIds {
-    trace_id: Option<String>,
-    span_id: Option<String>,
+    trace_id: TraceId,
+    span_id: SpanId,
 }
 
-impl Visit for TraceIds {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "trace_id" => self.trace_id = Some(value.to_owned()),
-            "span_id" => self.span_id = Some(value.to_owned()),
-            _ => {}
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if matches!(field.name(), "trace_id" | "span_id") {
-            self.record_str(field, format!("{value:?}").trim_matches('"'));
-        }
-    }
-}
-
-/// Keeps `trace_id`/`span_id` span fields where the JSON formatter can find them.
-struct TraceIdCapture;
-
-impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TraceIdCapture {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut ids = TraceIds::default();
-        attrs.record(&mut ids);
-        if (ids.trace_id.is_some() || ids.span_id.is_some())
-            && let Some(span) = ctx.span(id)
-        {
-            span.extensions_mut().insert(ids);
-        }
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let mut recorded = TraceIds::default();
-        values.record(&mut recorded);
-        if recorded.trace_id.is_none() && recorded.span_id.is_none() {
+/// Lets the logs name `span`'s trace: the JSON formatter prints the ids of the enclosing
+/// server span, human logs show `trace_id=…` in the span's context.
+///
+/// Recording the ids as span fields would do the same through every layer — each formatting
+/// two hex ids, the OpenTelemetry layer adding them as redundant attributes — which measured
+/// 4 % of the service's CPU on a zero-work endpoint (docs/benchmarks.md). Instead they go
+/// straight into the span's registry entry, once.
+pub fn attach_trace_ids(span: &tracing::Span, trace_id: TraceId, span_id: SpanId) {
+    span.with_subscriber(|(id, dispatch)| {
+        let Some(registry) = dispatch.downcast_ref::<Registry>() else {
             return;
+        };
+        let Some(data) = registry.span(id) else {
+            return;
+        };
+        let mut extensions = data.extensions_mut();
+        if let Some(fields) = extensions.get_mut::<FormattedFields<SpanFieldsForLogs>>()
+            && !fields.fields.is_empty()
+        {
+            // Human logs: the fmt layer formatted the span's fields already (in JSON mode it
+            // formats none, and the formatter reads the ids below instead).
+            let _ = write!(fields.fields, " trace_id={trace_id}");
         }
-        if let Some(span) = ctx.span(id) {
-            let mut extensions = span.extensions_mut();
-            match extensions.get_mut::<TraceIds>() {
-                Some(ids) => {
-                    ids.trace_id = recorded.trace_id.or(ids.trace_id.take());
-                    ids.span_id = recorded.span_id.or(ids.span_id.take());
-                }
-                None => extensions.insert(recorded),
-            }
-        }
-    }
+        extensions.insert(TraceIds { trace_id, span_id });
+    });
 }
 
 /// One JSON object per line: timestamp, level, target, the event's fields, the innermost
@@ -325,14 +306,10 @@ where
             }
             for span in spans {
                 if let Some(ids) = span.extensions().get::<TraceIds>() {
-                    if let Some(trace_id) = &ids.trace_id {
-                        line.entry("trace_id")
-                            .or_insert_with(|| Value::String(trace_id.clone()));
-                    }
-                    if let Some(span_id) = &ids.span_id {
-                        line.entry("span_id")
-                            .or_insert_with(|| Value::String(span_id.clone()));
-                    }
+                    line.entry("trace_id")
+                        .or_insert_with(|| Value::String(ids.trace_id.to_string()));
+                    line.entry("span_id")
+                        .or_insert_with(|| Value::String(ids.span_id.to_string()));
                     break;
                 }
             }
@@ -396,13 +373,11 @@ mod tests {
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .fmt_fields(SpanFieldsForLogs { json });
-        let subscriber = tracing_subscriber::registry()
-            .with(TraceIdCapture)
-            .with(if json {
-                layer.event_format(JsonWithTraceIds).boxed()
-            } else {
-                layer.boxed()
-            });
+        let subscriber = tracing_subscriber::registry().with(if json {
+            layer.event_format(JsonWithTraceIds).boxed()
+        } else {
+            layer.boxed()
+        });
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!(
                 "HTTP request",
@@ -410,13 +385,14 @@ mod tests {
                 http.route = "/sleep/{variant}",
                 network.protocol.version = "1.1",
                 stallscope.poll.count = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
-                span_id = tracing::field::Empty,
             );
-            span.record("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736");
-            span.record("span_id", "00f067aa0ba902b7");
+            attach_trace_ids(
+                &span,
+                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"),
+                SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
+            );
             span.record("stallscope.poll.count", 3);
-            span.in_scope(|| tracing::warn!(span_id = "event-field", "inside"));
+            span.in_scope(|| tracing::warn!("inside"));
         });
         let bytes = captured.0.lock().expect("captured").clone();
         String::from_utf8(bytes).expect("utf-8 logs")
@@ -427,12 +403,7 @@ mod tests {
         let line = log_inside_a_server_like_span(false);
         assert!(line.contains(r#"http.route="/sleep/{variant}""#), "{line}");
         assert!(line.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{line}");
-        for hidden in [
-            "otel.kind",
-            "network.protocol",
-            "stallscope.poll",
-            "00f067aa",
-        ] {
+        for hidden in ["otel.kind", "network.protocol", "stallscope.poll"] {
             assert!(!line.contains(hidden), "{hidden} in {line}");
         }
         assert!(line.contains("inside"), "{line}");
@@ -443,6 +414,7 @@ mod tests {
         let line = log_inside_a_server_like_span(true);
         let value: Value = serde_json::from_str(line.trim()).expect("one JSON object");
         assert_eq!(value["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(value["span_id"], "00f067aa0ba902b7");
         assert_eq!(value["message"], "inside");
         assert_eq!(value["span"], "HTTP request");
     }

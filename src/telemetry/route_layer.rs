@@ -135,16 +135,13 @@ pub fn server_span(
         stallscope.poll.longest_ms = tracing::field::Empty,
         stallscope.poll.busy_ms = tracing::field::Empty,
         stallscope.poll.scheduled_wait_ms = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
     );
     if request.headers().contains_key(trace_context::TRACEPARENT) {
         let _ = span.set_parent(trace_context::extract(request.headers()));
     }
     let ids = SpanIds::of(&span);
     if let Some(ids) = ids {
-        span.record("trace_id", tracing::field::display(ids.trace_id));
-        span.record("span_id", tracing::field::display(ids.span_id));
+        super::logging::attach_trace_ids(&span, ids.trace_id, ids.span_id);
     }
     (span, ids)
 }
