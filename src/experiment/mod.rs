@@ -258,7 +258,7 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
             let (completions_ms, errors) = fire(&client, &url, concurrency, &progress).await;
             let stalls_after = watchdog_stalls(&client, &target, route, variant).await;
             let slowest_ms = completions_ms.iter().copied().fold(0.0, f64::max);
-            let slowdown = slowest_ms / parallel_ms;
+            let slowdown = slowest_ms / yardstick_ms(lesson, parallel_ms, &completions_ms);
             variants.push(VariantResult {
                 variant,
                 completions_ms,
@@ -399,6 +399,24 @@ pub async fn calibrate_cpu(
     }
 }
 
+/// What a parallel finish of this variant's requests would be. For sleeps, upstream calls and
+/// database waits that is the requested duration. CPU work is timed by calibration, and a
+/// shared machine's speed drifts (a VM's second vCPU comes and goes): if this variant's
+/// fastest request beat the calibrated solo time, the machine is faster now, and the yardstick
+/// follows it — otherwise a stalling pair on a fast moment ([163, 327] ms against a solo time
+/// of 288 ms measured on a slow one) would pass for parallel. A slower machine can only make a
+/// pair look *more* serialised, never less.
+fn yardstick_ms(lesson: Lesson, parallel_ms: f64, completions_ms: &[f64]) -> f64 {
+    let fastest = completions_ms.iter().copied().fold(f64::INFINITY, f64::min);
+    match lesson {
+        Lesson::Cpu if fastest.is_finite() && fastest > 0.0 => {
+            let rounds = completions_ms.len().div_ceil(available_cpus()).max(1) as f64;
+            parallel_ms.min(fastest * rounds)
+        }
+        _ => parallel_ms,
+    }
+}
+
 /// The server-side time of one `/cpu/spawn-blocking` request.
 async fn time_cpu_request(
     client: &reqwest::Client,
@@ -411,4 +429,30 @@ async fn time_cpu_request(
     body["elapsed_ms"]
         .as_f64()
         .context("the CPU endpoint answered without elapsed_ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_yardstick_follows_a_machine_that_got_faster_but_never_slower() {
+        let solo = 288.0;
+        // Faster now than at calibration: the stalling pair is judged against its own speed
+        // (times the rounds the cores need for two requests: 1 on two or more cores).
+        let rounds = 2usize.div_ceil(available_cpus()) as f64;
+        let stalled = [163.0, 327.0];
+        let faster = yardstick_ms(Lesson::Cpu, solo, &stalled);
+        assert!((faster - solo.min(163.0 * rounds)).abs() < 1e-9, "{faster}");
+        if rounds == 1.0 {
+            assert!(327.0 / faster >= report::SERIALISED_AT);
+        }
+        // Slower now: the calibrated yardstick stays.
+        assert_eq!(yardstick_ms(Lesson::Cpu, solo, &[400.0, 410.0]), solo);
+        // A parallel pair is still parallel against its own speed.
+        let parallel = [170.0, 175.0];
+        assert!(175.0 / yardstick_ms(Lesson::Cpu, solo, &parallel) < report::SERIALISED_AT);
+        // Other lessons are timed by the requested duration, exactly.
+        assert_eq!(yardstick_ms(Lesson::Sleep, 300.0, &[150.0, 300.0]), 300.0);
+    }
 }
