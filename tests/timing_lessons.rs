@@ -156,20 +156,22 @@ async fn cpu_lesson_with_one_worker() {
 #[tokio::test]
 async fn experiment_json_verdicts() {
     let _serial = SERIAL.lock().await;
-    // A busy machine can only slow a parallel variant into looking serialised; rerun the whole
-    // experiment (up to three times) only for that kind of mismatch.
+    // A machine whose speed changes mid-batch can make a correct variant look late (or, if it
+    // got faster, a stalling one on time); rerun the whole experiment (up to three times) only
+    // for those mismatches. The watchdog columns are checked strictly on every run.
     let mut noisy = Vec::new();
     for _ in 0..3 {
         match check_experiment_once().await {
             Ok(()) => return,
-            Err(parallel_judged_serialised) => noisy.push(parallel_judged_serialised),
+            Err(off_by_noise) => noisy.push(off_by_noise),
         }
     }
-    panic!("correct variants judged serialised in every run: {noisy:#?}");
+    panic!("verdicts off by timing noise in every run: {noisy:#?}");
 }
 
 /// Runs `stallscope experiment --json` once and checks everything; panics on any mismatch
-/// except a correct variant judged serialised, which it returns.
+/// except a verdict a speed change mid-batch explains (a correct sleep, upstream or database
+/// variant judged late; a stalling one judged on time), which it returns.
 async fn check_experiment_once() -> Result<(), Vec<String>> {
     // The in-process service keeps the db lesson's SQLite file in the working directory.
     let workdir = tempfile::tempdir().expect("temp dir");
@@ -221,9 +223,19 @@ async fn check_experiment_once() -> Result<(), Vec<String>> {
             } else {
                 assert_eq!(stalls, Some(0), "{name}: {variant}");
             }
+            let lesson_name = lesson["lesson"].as_str();
             match (variant["verdict"].as_str(), expected_to_stall) {
                 (Some("serialised"), true) | (Some("parallel"), false) => {}
-                (Some("serialised"), false) => noisy.push(format!("{name}: {variant}")),
+                // Late but with no held worker: for CPU work that is the machine (a shared VM's
+                // second vCPU comes and goes, and no code hashes two requests on one core), which
+                // is what the verdict says. Whether the correct CPU variants really run in
+                // parallel is cpu_lesson_with_one_worker's job, against bare threads.
+                (Some("contended"), false) if lesson_name == Some("cpu") => {}
+                // Sleeps and waits need no CPU: a late one is noise worth a rerun.
+                (Some("contended"), false) => noisy.push(format!("{name}: {variant}")),
+                // Held workers, yet on time: a stalling pair can only look on time if the
+                // machine got faster mid-batch. Noise too; two cores and one worker show it.
+                (Some("masked"), true) => noisy.push(format!("{name}: {variant}")),
                 (other, _) => panic!("{name}: unexpected verdict {other:?}: {variant}"),
             }
         }

@@ -259,16 +259,17 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
             let stalls_after = watchdog_stalls(&client, &target, route, variant).await;
             let slowest_ms = completions_ms.iter().copied().fold(0.0, f64::max);
             let slowdown = slowest_ms / yardstick_ms(lesson, parallel_ms, &completions_ms);
+            let watchdog_stalls = stalls_after
+                .zip(stalls_before)
+                .map(|(after, before)| after.saturating_sub(before));
             variants.push(VariantResult {
                 variant,
                 completions_ms,
                 slowest_ms,
                 slowdown,
-                verdict: Verdict::judge(slowdown, errors.is_empty()),
+                verdict: Verdict::judge(slowdown, errors.is_empty(), watchdog_stalls),
                 expected_to_stall: lesson.stalls(variant),
-                watchdog_stalls: stalls_after
-                    .zip(stalls_before)
-                    .map(|(after, before)| after.saturating_sub(before)),
+                watchdog_stalls,
                 errors,
             });
             // Let stragglers (sleeping blocking threads, closing sockets) settle.
