@@ -14,8 +14,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::IsTerminal;
 
-use std::fmt::Write as _;
-
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::Resource;
@@ -83,10 +81,14 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
             Err(err) => export_error = Some(format!("{err:#}")),
         }
     }
-    if otlp.is_none() || export_error.is_some() {
-        // Nothing would ever read a recorded span: keep the ids (responses and JSON logs
-        // still name a trace, and `traceparent` still propagates it, flagged "not sampled"),
-        // skip recording the attributes and building the span data at its end.
+    // Without an exporter nothing would ever read an OpenTelemetry span, so the layer that
+    // builds them is not installed at all: it copied every attribute of every span into owned
+    // strings and started and ended a span per request, about a fifth of the service's own CPU
+    // on a zero-work endpoint (docs/benchmarks.md). The route layer then makes the trace ids
+    // itself (`trace_context::SpanIds::for_request`), so responses, logs and outgoing calls
+    // still name a trace, flagged "not sampled".
+    let exporting = otlp.is_some() && export_error.is_none();
+    if !exporting {
         provider = provider.with_sampler(Sampler::AlwaysOff);
     }
     let provider = provider.build();
@@ -121,7 +123,7 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
     });
     let installed = tracing_subscriber::registry()
         .with(logs)
-        .with(
+        .with(exporting.then(|| {
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 // Each of these costs every span something, and none says anything here: the
@@ -133,8 +135,8 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
                 .with_threads(false)
                 .with_location(false)
                 .with_context_activation(false)
-                .with_filter(trace_filter),
-        )
+                .with_filter(trace_filter)
+        }))
         .with(console)
         .try_init();
     if installed.is_err() {
@@ -185,9 +187,9 @@ impl<'writer> FormatFields<'writer> for SpanFieldsForLogs {
         if self.json {
             return Ok(());
         }
-        let mut visitor = DefaultVisitor::new(writer, true);
-        fields.record(&mut ForLogs(&mut visitor));
-        visitor.finish()
+        let mut visitor = HumanFields::new(writer, true);
+        fields.record(&mut visitor);
+        visitor.result
     }
 
     fn add_fields(
@@ -199,41 +201,102 @@ impl<'writer> FormatFields<'writer> for SpanFieldsForLogs {
             return Ok(());
         }
         let is_empty = current.fields.is_empty();
-        let mut visitor = DefaultVisitor::new(current.as_writer(), is_empty);
-        fields.record(&mut ForLogs(&mut visitor));
-        visitor.finish()
+        let mut visitor = HumanFields::new(current.as_writer(), is_empty);
+        fields.record(&mut visitor);
+        visitor.result
     }
 }
 
-/// Passes every field but the trace-only ones on to the default formatter.
-struct ForLogs<'a, V>(&'a mut V);
+/// Writes fields exactly as tracing-subscriber's default formatter does (`name=value`,
+/// space-separated), except the trace-only ones, which it skips.
+///
+/// A plain string field (a route, a variant, an id) it writes itself: the default formatter
+/// escapes every string character by character through `{:?}` and paints every name through
+/// an ANSI styler even with colours off, and the request's span formats a handful of them for
+/// every request — 3.6 % of the service's CPU on a zero-work endpoint. Anything else goes to
+/// the default formatter.
+struct HumanFields<'w> {
+    writer: Writer<'w>,
+    is_empty: bool,
+    result: fmt::Result,
+}
 
-macro_rules! forward_unless_trace_only {
+impl<'w> HumanFields<'w> {
+    fn new(writer: Writer<'w>, is_empty: bool) -> Self {
+        Self {
+            writer,
+            is_empty,
+            result: Ok(()),
+        }
+    }
+
+    /// Whether `field` is left out: trace-only, or log-record metadata (`log.*`, which the
+    /// default formatter skips too).
+    fn skips(&self, field: &Field) -> bool {
+        self.result.is_err() || is_trace_only(field.name()) || field.name().starts_with("log.")
+    }
+
+    /// Lets the default formatter write one field, continuing this line.
+    fn with_default(&mut self, field: &Field, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        if self.skips(field) {
+            return;
+        }
+        let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        record(&mut visitor);
+        self.result = visitor.finish();
+        self.is_empty = false;
+    }
+}
+
+macro_rules! with_default_formatter {
     ($($method:ident($type:ty)),* $(,)?) => {
         $(fn $method(&mut self, field: &Field, value: $type) {
-            if !is_trace_only(field.name()) {
-                self.0.$method(field, value);
-            }
+            self.with_default(field, |visitor| visitor.$method(field, value));
         })*
     };
 }
 
-impl<V: Visit> Visit for ForLogs<'_, V> {
-    forward_unless_trace_only!(
+impl Visit for HumanFields<'_> {
+    with_default_formatter!(
         record_f64(f64),
         record_i64(i64),
         record_u64(u64),
         record_i128(i128),
         record_u128(u128),
         record_bool(bool),
-        record_str(&str),
         record_error(&(dyn std::error::Error + 'static)),
         record_debug(&dyn fmt::Debug),
     );
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let name = field.name();
+        let plain = name != "message"
+            && !name.starts_with("r#")
+            && !self.writer.has_ansi_escapes()
+            && needs_no_escaping(value);
+        if !plain {
+            self.with_default(field, |visitor| visitor.record_str(field, value));
+            return;
+        }
+        if self.skips(field) {
+            return;
+        }
+        let separator = if self.is_empty { "" } else { " " };
+        self.is_empty = false;
+        self.result = [separator, name, "=\"", value, "\""]
+            .into_iter()
+            .try_for_each(|part| self.writer.write_str(part));
+    }
+}
+
+/// Whether `{:?}` of `text` is `text` in double quotes: printable ASCII but `"` and `\`.
+fn needs_no_escaping(text: &str) -> bool {
+    text.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// A request's trace and span id, kept in its server span's registry extensions by
-/// [`attach_trace_ids`] for the JSON formatter.
+/// [`attach_trace_ids`] for the JSON formatter and for [`request_trace_ids`].
 #[derive(Debug, Clone, Copy)]
 struct TraceIds {
     trace_id: TraceId,
@@ -261,10 +324,28 @@ pub fn attach_trace_ids(span: &tracing::Span, trace_id: TraceId, span_id: SpanId
         {
             // Human logs: the fmt layer formatted the span's fields already (in JSON mode it
             // formats none, and the formatter reads the ids below instead).
-            let _ = write!(fields.fields, " trace_id={trace_id}");
+            fields.fields.push_str(" trace_id=");
+            super::trace_context::push_hex(&mut fields.fields, &trace_id.to_bytes());
         }
         extensions.insert(TraceIds { trace_id, span_id });
     });
+}
+
+/// The trace and span id of the request `span` belongs to: those [`attach_trace_ids`] gave
+/// `span` or its nearest ancestor. How outgoing calls name the caller's trace when no
+/// OpenTelemetry layer is installed.
+pub fn request_trace_ids(span: &tracing::Span) -> Option<(TraceId, SpanId)> {
+    let mut found = None;
+    span.with_subscriber(|(id, dispatch)| {
+        let registry = dispatch.downcast_ref::<Registry>()?;
+        found = registry.span(id)?.scope().find_map(|span| {
+            let extensions = span.extensions();
+            let ids = extensions.get::<TraceIds>()?;
+            Some((ids.trace_id, ids.span_id))
+        });
+        Some(())
+    });
+    found
 }
 
 /// One JSON object per line: timestamp, level, target, the event's fields, the innermost
@@ -396,6 +477,69 @@ mod tests {
         });
         let bytes = captured.0.lock().expect("captured").clone();
         String::from_utf8(bytes).expect("utf-8 logs")
+    }
+
+    /// A span (with fields recorded at creation and later) and an event inside it, with string
+    /// fields set to `value` among fields of other types, formatted by a human fmt layer with
+    /// `fields`.
+    fn human_line_with<N>(fields: N, value: &str) -> String
+    where
+        N: for<'w> FormatFields<'w> + Send + Sync + 'static,
+    {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .fmt_fields(fields);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "request",
+                http.route = "/sleep/{variant}",
+                url.path = value,
+                attempt = 2u64,
+                late = tracing::field::Empty,
+                note = tracing::field::Empty,
+            );
+            span.record("late", true);
+            span.record("note", value);
+            span.in_scope(|| {
+                tracing::warn!(
+                    url.path = value,
+                    count = 3u64,
+                    delta = -4i64,
+                    ok = false,
+                    ratio = 1.5,
+                    given = ?Some(value),
+                    r#type = value,
+                    "event {value}"
+                );
+            });
+        });
+        let bytes = captured.0.lock().expect("captured").clone();
+        String::from_utf8(bytes).expect("utf-8 logs")
+    }
+
+    #[test]
+    fn string_fields_print_exactly_as_the_default_formatter_prints_them() {
+        for value in [
+            "/sleep/blocking",
+            "",
+            "with space and {braces}",
+            "quote\"inside",
+            "back\\slash",
+            "new\nline",
+            "tab\tand\u{7f}del",
+            "ünïcode",
+            "\u{1b}[31mred",
+        ] {
+            let ours = human_line_with(SpanFieldsForLogs { json: false }, value);
+            let default =
+                human_line_with(tracing_subscriber::fmt::format::DefaultFields::new(), value);
+            assert_eq!(ours, default, "{value:?}");
+        }
     }
 
     #[test]

@@ -136,10 +136,15 @@ pub fn server_span(
         stallscope.poll.busy_ms = tracing::field::Empty,
         stallscope.poll.scheduled_wait_ms = tracing::field::Empty,
     );
-    if request.headers().contains_key(trace_context::TRACEPARENT) {
-        let _ = span.set_parent(trace_context::extract(request.headers()));
+    let parent = request
+        .headers()
+        .contains_key(trace_context::TRACEPARENT)
+        .then(|| trace_context::extract(request.headers()));
+    if let Some(parent) = &parent {
+        // Without an OpenTelemetry layer there is nothing to join: ids come from `parent`.
+        let _ = span.set_parent(parent.clone());
     }
-    let ids = SpanIds::of(&span);
+    let ids = SpanIds::for_request(&span, parent.as_ref());
     if let Some(ids) = ids {
         super::logging::attach_trace_ids(&span, ids.trace_id, ids.span_id);
     }
@@ -313,9 +318,21 @@ fn request_id(request: &Request) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(
-            || format!("req-{:08x}", NEXT.fetch_add(1, Ordering::Relaxed)),
+            || generated_request_id(NEXT.fetch_add(1, Ordering::Relaxed)),
             str::to_owned,
         )
+}
+
+/// `req-` and at least eight hex digits of `n` (`format!("req-{n:08x}")` for the first four
+/// billion, without the formatting machinery: it runs for every request).
+fn generated_request_id(n: u64) -> String {
+    let bytes = n.to_be_bytes();
+    // Leading zero bytes go, but never the last four: eight digits at least.
+    let skip = bytes[..4].iter().take_while(|&&b| b == 0).count();
+    let mut id = String::with_capacity(4 + 2 * (bytes.len() - skip));
+    id.push_str("req-");
+    trace_context::push_hex(&mut id, &bytes[skip..]);
+    id
 }
 
 #[cfg(test)]
@@ -334,6 +351,15 @@ mod tests {
         );
         assert_eq!(variant_label("/hello", "/hello"), NO_VARIANT);
         assert_eq!(variant_label(UNMATCHED_ROUTE, "/a/b/c"), NO_VARIANT);
+    }
+
+    #[test]
+    fn generated_request_ids_are_eight_hex_digits_or_more() {
+        for n in [0, 1, 0xab, 0xdead_beef, 0xffff_ffff] {
+            assert_eq!(generated_request_id(n), format!("req-{n:08x}"));
+        }
+        assert_eq!(generated_request_id(0x1_0000_0000), "req-0100000000");
+        assert_eq!(generated_request_id(u64::MAX), "req-ffffffffffffffff");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -13,12 +14,25 @@ pub fn extract(headers: &HeaderMap) -> opentelemetry::Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
 }
 
-/// Writes `span`'s context into outgoing `headers` (`traceparent`, `tracestate`).
+/// Writes `span`'s context into outgoing `headers` (`traceparent`, `tracestate`). Without
+/// an OpenTelemetry layer (no exporter), the enclosing request's ids stand in: the callee
+/// joins the caller's trace, and both logs name it.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     let context = span.context();
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&context, &mut HeaderInjector(headers));
-    });
+    if context.span().span_context().is_valid() {
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&context, &mut HeaderInjector(headers));
+        });
+    } else if let Some((trace_id, span_id)) = super::logging::request_trace_ids(span) {
+        let ids = SpanIds {
+            trace_id,
+            span_id,
+            sampled: false,
+        };
+        if let Some(traceparent) = ids.traceparent() {
+            headers.insert(TRACEPARENT, traceparent);
+        }
+    }
 }
 
 /// A span's OpenTelemetry identity, read once per request.
@@ -42,9 +56,154 @@ impl SpanIds {
         })
     }
 
+    /// The ids of a request's server span: the OpenTelemetry span's when the layer is
+    /// installed (an exporter is configured), else made here — the caller's trace id (from
+    /// `parent`, the extracted `traceparent`) or a new one, and a new span id, "not sampled"
+    /// since nothing records the span. `None` for a span filtered out.
+    pub fn for_request(
+        span: &tracing::Span,
+        parent: Option<&opentelemetry::Context>,
+    ) -> Option<Self> {
+        if span.is_disabled() {
+            return None;
+        }
+        if let Some(ids) = Self::of(span) {
+            return Some(ids);
+        }
+        let generator = RandomIdGenerator::default();
+        let caller = parent
+            .map(|context| context.span().span_context().trace_id())
+            .filter(|trace_id| *trace_id != TraceId::INVALID);
+        Some(Self {
+            trace_id: caller.unwrap_or_else(|| generator.new_trace_id()),
+            span_id: generator.new_span_id(),
+            sampled: false,
+        })
+    }
+
     /// The W3C `traceparent` naming this span, for response headers.
     pub fn traceparent(&self) -> Option<HeaderValue> {
-        let flags = if self.sampled { "01" } else { "00" };
-        HeaderValue::from_str(&format!("00-{}-{}-{flags}", self.trace_id, self.span_id)).ok()
+        let mut text = String::with_capacity(55);
+        text.push_str("00-");
+        push_hex(&mut text, &self.trace_id.to_bytes());
+        text.push('-');
+        push_hex(&mut text, &self.span_id.to_bytes());
+        text.push_str(if self.sampled { "-01" } else { "-00" });
+        HeaderValue::try_from(text).ok()
+    }
+}
+
+/// Appends the lower-case hex of `bytes` to `out`: what `{:032x}` does for a trace id, without
+/// the formatting machinery, which showed in profiles since it runs for every request.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for &byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_matches_the_ids_display_form() {
+        let ids = SpanIds {
+            trace_id: TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("trace id"),
+            span_id: SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
+            sampled: true,
+        };
+        let expected = format!("00-{}-{}-01", ids.trace_id, ids.span_id);
+        assert_eq!(ids.traceparent().expect("valid header"), expected.as_str());
+        assert_eq!(
+            expected,
+            "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+        );
+        let unsampled = SpanIds {
+            sampled: false,
+            ..ids
+        };
+        assert!(
+            unsampled
+                .traceparent()
+                .expect("valid header")
+                .to_str()
+                .is_ok_and(|v| v.ends_with("-00"))
+        );
+    }
+
+    /// Runs `f` under a subscriber like the service's without an exporter: a registry and
+    /// no OpenTelemetry layer.
+    fn without_an_otel_layer(f: impl FnOnce()) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink));
+        tracing::subscriber::with_default(subscriber, f);
+    }
+
+    #[test]
+    fn without_an_otel_layer_requests_get_ids_and_join_the_callers_trace() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        without_an_otel_layer(|| {
+            let span = tracing::info_span!("HTTP request");
+            let fresh = SpanIds::for_request(&span, None).expect("ids for an enabled span");
+            assert_ne!(fresh.trace_id, TraceId::INVALID);
+            assert_ne!(fresh.span_id, SpanId::INVALID);
+            assert!(!fresh.sampled, "nothing records the span");
+            let other = SpanIds::for_request(&span, None).expect("ids");
+            assert_ne!(fresh.trace_id, other.trace_id, "each request its own trace");
+
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                TRACEPARENT,
+                HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            );
+            let parent = extract(&headers);
+            let joined = SpanIds::for_request(&span, Some(&parent)).expect("ids");
+            assert_eq!(
+                joined.trace_id,
+                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id")
+            );
+            assert_ne!(
+                joined.span_id,
+                SpanId::from_hex("00f067aa0ba902b7").expect("span id")
+            );
+        });
+    }
+
+    #[test]
+    fn without_an_otel_layer_outgoing_calls_carry_the_requests_trace() {
+        without_an_otel_layer(|| {
+            let server = tracing::info_span!("HTTP request");
+            let ids = SpanIds::for_request(&server, None).expect("ids");
+            crate::telemetry::logging::attach_trace_ids(&server, ids.trace_id, ids.span_id);
+            let client = server.in_scope(|| tracing::info_span!("HTTP client request"));
+            let mut headers = HeaderMap::new();
+            inject(&client, &mut headers);
+            assert_eq!(
+                headers.get(TRACEPARENT).expect("a traceparent"),
+                ids.traceparent().expect("header").as_bytes()
+            );
+            // A span outside any request has no trace to pass on.
+            let mut headers = HeaderMap::new();
+            inject(&tracing::info_span!("background"), &mut headers);
+            assert!(headers.get(TRACEPARENT).is_none());
+        });
+    }
+
+    #[test]
+    fn a_span_filtered_out_gets_no_ids() {
+        assert!(SpanIds::for_request(&tracing::Span::none(), None).is_none());
+    }
+
+    #[test]
+    fn hex_is_lower_case_and_zero_padded() {
+        let mut out = String::from("x");
+        push_hex(&mut out, &[0x00, 0x0f, 0xa0, 0xff]);
+        assert_eq!(out, "x000fa0ff");
     }
 }
