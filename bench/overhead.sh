@@ -29,9 +29,15 @@ run() { # name, extra flags...
   "$bin" serve --bind "127.0.0.1:$port" --workers 2 "$@" >/dev/null 2>&1 &
   local pid=$!
   for _ in $(seq 100); do curl -fs "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.05; done
+  local before after
+  before=$(cpu_ticks "$pid")
   oha -z "${duration}s" -c "$connections" --no-tui --output-format json "http://127.0.0.1:$port/hello" > "/tmp/stallscope-bench-$name.json" 2>/dev/null
+  after=$(cpu_ticks "$pid")
+  echo "$before $after $(getconf CLK_TCK)" > "/tmp/stallscope-bench-$name.cpu"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
+# The service's user and system CPU time so far, in clock ticks (/proc/PID/stat fields 14, 15).
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
 # Alternate twice so drift (thermal, neighbours) hits every side alike.
 closed="http://127.0.0.1:$(port_of)"
@@ -47,27 +53,38 @@ import json, sys, datetime, platform, os, re
 duration, connections = sys.argv[1], sys.argv[2]
 def load(name):
     d = json.load(open(f"/tmp/stallscope-bench-{name}.json"))
-    return d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p99"] * 1000
+    served = sum(d["statusCodeDistribution"].values())
+    user0, sys0, user1, sys1, tick = map(int, open(f"/tmp/stallscope-bench-{name}.cpu").read().split())
+    # The service's own CPU per request, in µs: user space (where the instrumentation runs)
+    # and all (with the kernel's TCP work). Steadier than requests/s on a shared machine, where
+    # the load generator competes for the same cores.
+    user_us = (user1 - user0) / tick / served * 1e6
+    total_us = (user1 - user0 + sys1 - sys0) / tick / served * 1e6
+    return d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p99"] * 1000, user_us, total_us
 rows = {}
 for side in ("bare", "instrumented", "spanless", "exporting"):
     runs = [load(f"{side}-{i}") for i in (1, 2)]
-    rows[side] = (sum(r for r, _ in runs) / 2, sum(p for _, p in runs) / 2)
+    rows[side] = tuple(sum(run[k] for run in runs) / 2 for k in range(4))
 ratio = rows["instrumented"][0] / rows["bare"][0]
 exporting = rows["exporting"][0] / rows["bare"][0]
 spanless = rows["spanless"][0] / rows["bare"][0]
+def row(side):
+    rps, p99, user_us, total_us = rows[side]
+    return f"{rps:,.0f} | {p99:.2f} ms | {user_us:.1f} µs | {total_us:.1f} µs"
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 table = f"""<!-- overhead:start -->
 Measured {datetime.date.today()} on {os.cpu_count()} × {cpu}, release build, `--workers 2`,
 oha `-c {connections}` for {duration} s per run, each side run twice alternately (means shown):
 
-| router | requests/s | p99 latency |
-|---|---:|---:|
-| bare (`--no-instrumentation`) | {rows['bare'][0]:,.0f} | {rows['bare'][1]:.2f} ms |
-| instrumented, defaults (route layer, task monitors, HTTP metrics, server spans with trace ids, poll hooks, canary, watchdog) | {rows['instrumented'][0]:,.0f} | {rows['instrumented'][1]:.2f} ms |
-| instrumented, spans filtered out of logs and traces (`RUST_LOG=off STALLSCOPE_TRACE_FILTER=off`) | {rows['spanless'][0]:,.0f} | {rows['spanless'][1]:.2f} ms |
-| instrumented and exporting spans over OTLP | {rows['exporting'][0]:,.0f} | {rows['exporting'][1]:.2f} ms |
+| router | requests/s | p99 latency | service CPU per request: user | user + kernel |
+|---|---:|---:|---:|---:|
+| bare (`--no-instrumentation`) | {row('bare')} |
+| instrumented, defaults (route layer, task monitors, HTTP metrics, server spans with trace ids, poll hooks, canary, watchdog) | {row('instrumented')} |
+| instrumented, spans filtered out of logs and traces (`RUST_LOG=off STALLSCOPE_TRACE_FILTER=off`) | {row('spanless')} |
+| instrumented and exporting spans over OTLP | {row('exporting')} |
 
 Instrumented / bare throughput: **{ratio:.3f}** (target ≥ 0.95: {'met' if ratio >= 0.95 else 'NOT met'}); spans filtered out / bare: {spanless:.3f}; exporting spans / bare: {exporting:.3f}.
+The instrumentation's own cost, in service CPU per request over bare (user + kernel): defaults +{rows['instrumented'][3] - rows['bare'][3]:.1f} µs, spans filtered out +{rows['spanless'][3] - rows['bare'][3]:.1f} µs, exporting +{rows['exporting'][3] - rows['bare'][3]:.1f} µs.
 <!-- overhead:end -->"""
 print(table)
 path = "docs/benchmarks.md"
