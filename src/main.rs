@@ -10,12 +10,17 @@ fn main() -> std::process::ExitCode {
         Some(Command::Serve(args)) => Some(args),
         _ => None,
     };
+    let console = serve.is_some_and(|args| args.telemetry.console);
+    if console && let Err(err) = logging::check_console_bind() {
+        eprintln!("stallscope: {err}");
+        return std::process::ExitCode::FAILURE;
+    }
     let tracing = logging::init(&TracingOptions {
         default_service_name: match cli.command {
             Some(Command::Upstream(_)) => "stallscope-upstream",
             _ => "stallscope",
         },
-        console: serve.is_some_and(|args| args.telemetry.console),
+        console,
         default_log_filter: match cli.command {
             // The experiment prints a table; stall warnings would only interleave with it.
             Some(Command::Experiment(_)) => "error",

@@ -139,3 +139,37 @@ async fn standalone_upstream_serves_slow_requests() {
         .status;
     assert!(status.success());
 }
+
+/// `--console` with tokio-console's port taken, or a malformed `TOKIO_CONSOLE_BIND`: a clear
+/// error and a failed exit at start-up, not a panic (console-subscriber's own behaviour) and not
+/// a service silently running without the console the user asked for.
+#[tokio::test]
+async fn console_bind_problems_are_reported_at_start_up() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let taken_addr = taken.local_addr().expect("address").to_string();
+    let workdir = tempfile::tempdir().expect("temp dir");
+    for (bind, expected) in [
+        (taken_addr.as_str(), "tokio-console cannot listen on"),
+        ("not an address", "is not a HOST:PORT address"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_stallscope"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--console"])
+            .current_dir(workdir.path())
+            .env_remove("DATABASE_URL")
+            .env("TOKIO_CONSOLE_BIND", bind)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(10), output)
+            .await
+            .expect("exits at once")
+            .expect("binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{bind}: {stderr}");
+        assert!(stderr.contains(expected), "{bind}: {stderr}");
+        assert!(stderr.contains("TOKIO_CONSOLE_BIND"), "{bind}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{bind}: {stderr}");
+    }
+    drop(taken);
+}

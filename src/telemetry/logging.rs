@@ -47,6 +47,30 @@ pub struct TracingOptions {
     pub default_log_filter: &'static str,
 }
 
+/// Where tokio-console's server would listen: `TOKIO_CONSOLE_BIND` or console-subscriber's
+/// default, checked before the console layer starts. console-subscriber itself panics on a
+/// malformed `TOKIO_CONSOLE_BIND`, and on a taken port its server thread panics while the
+/// service runs on without the console the user asked for; this turns both into a clear
+/// error at start-up.
+pub fn check_console_bind() -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let bind = std::env::var("TOKIO_CONSOLE_BIND").unwrap_or_else(|_| "127.0.0.1:6669".into());
+    let addr = bind
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            format!("TOKIO_CONSOLE_BIND={bind:?} is not a HOST:PORT address such as 127.0.0.1:6669")
+        })?;
+    std::net::TcpListener::bind(addr).map_err(|err| {
+        format!(
+            "tokio-console cannot listen on {addr} ({err}): stop what holds the port or set \
+             TOKIO_CONSOLE_BIND to another HOST:PORT"
+        )
+    })?;
+    Ok(addr)
+}
+
 /// Flushes and stops span export when the service stops.
 pub struct TracingGuard {
     provider: SdkTracerProvider,
