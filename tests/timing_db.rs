@@ -161,11 +161,29 @@ async fn outage_and_recovery(kind: Kind, test: &str) {
     }
     assert_eq!(get(&client, &format!("{base}/readyz")).await.0, 200);
 
+    // Queries in flight when the server goes away fail as "unavailable" too, not as 500s:
+    // the database died under them, nothing is wrong with the request or the service.
+    let in_flight: Vec<_> = ["async", "raw", "spawn-blocking"]
+        .into_iter()
+        .map(|variant| {
+            let client = client.clone();
+            let url = format!("{base}/db/{variant}/sleep?ms=5000");
+            tokio::spawn(async move { (get(&client, &url).await, url) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     control(&ctl, "stop");
     let mut restart = RestartOnDrop {
         ctl: &ctl,
         stopped: true,
     };
+    for task in in_flight {
+        let ((status, problem), url) = task.await.expect("request task");
+        assert_eq!(
+            status, 503,
+            "{url} when the database stopped under it: {problem}"
+        );
+    }
     for url in &needs_db {
         let (status, problem) = get(&client, url).await;
         assert_eq!(status, 503, "{url} while the database is down: {problem}");

@@ -107,9 +107,46 @@ impl From<diesel::result::Error> for DbError {
                 DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
                 info,
             ) => DbError::Unavailable(info.message().to_owned()),
-            other => DbError::Query(other.to_string()),
+            other => {
+                let message = other.to_string();
+                if is_connection_lost(&message) {
+                    DbError::Unavailable(message)
+                } else {
+                    DbError::Query(message)
+                }
+            }
         }
     }
+}
+
+/// Whether a driver's error message says the server went away under the query. A server
+/// stopped mid-query reaches diesel as an error of kind `Unknown` (PostgreSQL's
+/// `admin_shutdown`, the MySQL client's "lost connection", an I/O error in the async MySQL
+/// driver), and diesel exposes neither SQLSTATE nor errno, so the drivers' messages are
+/// matched: these are unavailability (503), not a bug (500).
+fn is_connection_lost(message: &str) -> bool {
+    const SIGNS: &[&str] = &[
+        // PostgreSQL: 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now,
+        // and libpq's and tokio-postgres' own words for a dropped socket.
+        "terminating connection due to administrator command",
+        "terminating connection because of crash of another server process",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "server closed the connection unexpectedly",
+        "connection to server was lost",
+        "could not receive data from server",
+        "connection closed",
+        // MySQL and MariaDB (client errors 2006, 2013; server error 1053) and the async driver.
+        "lost connection to server during query",
+        "lost connection to mysql server",
+        "server has gone away",
+        "server shutdown in progress",
+        "input/output error",
+        "broken pipe",
+        "connection reset by peer",
+    ];
+    let message = message.to_ascii_lowercase();
+    SIGNS.iter().any(|sign| message.contains(sign))
 }
 
 impl From<DbError> for AppError {
@@ -268,5 +305,50 @@ struct SqliteSetup;
 impl r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         sqlite::prepare_connection(conn).map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    fn unknown(message: &str) -> DbError {
+        Error::DatabaseError(DatabaseErrorKind::Unknown, Box::new(message.to_owned())).into()
+    }
+
+    #[test]
+    fn a_server_stopped_under_the_query_is_unavailable() {
+        // Messages seen from PostgreSQL 15 and MariaDB stopped mid-query.
+        for message in [
+            "terminating connection due to administrator command",
+            "Lost connection to server during query",
+            "Input/output error: Input/output error: connection closed",
+            "MySQL server has gone away",
+        ] {
+            assert!(
+                matches!(unknown(message), DbError::Unavailable(_)),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_database_errors_stay_query_errors() {
+        for message in [
+            "relation \"users\" does not exist",
+            "syntax error at or near \"SELEC\"",
+            "value too long for type character varying(64)",
+        ] {
+            assert!(matches!(unknown(message), DbError::Query(_)), "{message}");
+        }
+        assert!(matches!(DbError::from(Error::NotFound), DbError::Query(_)));
+        assert!(matches!(
+            DbError::from(Error::DatabaseError(
+                DatabaseErrorKind::UniqueViolation,
+                Box::new("duplicate key".to_owned())
+            )),
+            DbError::Duplicate
+        ));
     }
 }
