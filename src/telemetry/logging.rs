@@ -15,10 +15,8 @@ use std::fmt;
 use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::Sampler;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -35,6 +33,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use super::otlp::{OtlpSettings, QueueingProcessor};
+use super::trace_context::{SpanIds, push_hex};
 
 /// What `main` asks of the subscriber.
 #[derive(Debug, Clone)]
@@ -52,7 +51,7 @@ pub struct TracingOptions {
 /// malformed `TOKIO_CONSOLE_BIND`, and on a taken port its server thread panics while the
 /// service runs on without the console the user asked for; this turns both into a clear
 /// error at start-up.
-pub fn check_console_bind() -> Result<std::net::SocketAddr, String> {
+pub fn check_console_bind() -> Result<(), String> {
     use std::net::ToSocketAddrs;
     let bind = std::env::var("TOKIO_CONSOLE_BIND").unwrap_or_else(|_| "127.0.0.1:6669".into());
     let addr = bind
@@ -62,13 +61,12 @@ pub fn check_console_bind() -> Result<std::net::SocketAddr, String> {
         .ok_or_else(|| {
             format!("TOKIO_CONSOLE_BIND={bind:?} is not a HOST:PORT address such as 127.0.0.1:6669")
         })?;
-    std::net::TcpListener::bind(addr).map_err(|err| {
+    std::net::TcpListener::bind(addr).map(drop).map_err(|err| {
         format!(
             "tokio-console cannot listen on {addr} ({err}): stop what holds the port or set \
              TOKIO_CONSOLE_BIND to another HOST:PORT"
         )
-    })?;
-    Ok(addr)
+    })
 }
 
 /// Flushes and stops span export when the service stops.
@@ -112,9 +110,6 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
     // itself (`trace_context::SpanIds::for_request`), so responses, logs and outgoing calls
     // still name a trace, flagged "not sampled".
     let exporting = otlp.is_some() && export_error.is_none();
-    if !exporting {
-        provider = provider.with_sampler(Sampler::AlwaysOff);
-    }
     let provider = provider.build();
     let tracer = provider.tracer("stallscope");
 
@@ -182,7 +177,7 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
     }
     TracingGuard {
         provider,
-        exporting: otlp.is_some(),
+        exporting,
     }
 }
 
@@ -319,14 +314,6 @@ fn needs_no_escaping(text: &str) -> bool {
         .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
 }
 
-/// A request's trace and span id, kept in its server span's registry extensions by
-/// [`attach_trace_ids`] for the JSON formatter and for [`request_trace_ids`].
-#[derive(Debug, Clone, Copy)]
-struct TraceIds {
-    trace_id: TraceId,
-    span_id: SpanId,
-}
-
 /// Lets the logs name `span`'s trace: the JSON formatter prints the ids of the enclosing
 /// server span, human logs show `trace_id=…` in the span's context.
 ///
@@ -334,7 +321,7 @@ struct TraceIds {
 /// two hex ids, the OpenTelemetry layer adding them as redundant attributes — which measured
 /// 4 % of the service's CPU on a zero-work endpoint (docs/benchmarks.md). Instead they go
 /// straight into the span's registry entry, once.
-pub fn attach_trace_ids(span: &tracing::Span, trace_id: TraceId, span_id: SpanId) {
+pub fn attach_trace_ids(span: &tracing::Span, ids: SpanIds) {
     span.with_subscriber(|(id, dispatch)| {
         let Some(registry) = dispatch.downcast_ref::<Registry>() else {
             return;
@@ -349,24 +336,23 @@ pub fn attach_trace_ids(span: &tracing::Span, trace_id: TraceId, span_id: SpanId
             // Human logs: the fmt layer formatted the span's fields already (in JSON mode it
             // formats none, and the formatter reads the ids below instead).
             fields.fields.push_str(" trace_id=");
-            super::trace_context::push_hex(&mut fields.fields, &trace_id.to_bytes());
+            push_hex(&mut fields.fields, &ids.trace_id.to_bytes());
         }
-        extensions.insert(TraceIds { trace_id, span_id });
+        extensions.insert(ids);
     });
 }
 
-/// The trace and span id of the request `span` belongs to: those [`attach_trace_ids`] gave
-/// `span` or its nearest ancestor. How outgoing calls name the caller's trace when no
-/// OpenTelemetry layer is installed.
-pub fn request_trace_ids(span: &tracing::Span) -> Option<(TraceId, SpanId)> {
+/// The ids of the request `span` belongs to: those [`attach_trace_ids`] gave `span` or its
+/// nearest ancestor. How outgoing calls name the caller's trace when no OpenTelemetry layer is
+/// installed.
+pub fn request_ids(span: &tracing::Span) -> Option<SpanIds> {
     let mut found = None;
     span.with_subscriber(|(id, dispatch)| {
         let registry = dispatch.downcast_ref::<Registry>()?;
-        found = registry.span(id)?.scope().find_map(|span| {
-            let extensions = span.extensions();
-            let ids = extensions.get::<TraceIds>()?;
-            Some((ids.trace_id, ids.span_id))
-        });
+        found = registry
+            .span(id)?
+            .scope()
+            .find_map(|span| span.extensions().get::<SpanIds>().copied());
         Some(())
     });
     found
@@ -410,7 +396,7 @@ where
                 line.insert("span".into(), Value::String(innermost.name().into()));
             }
             for span in spans {
-                if let Some(ids) = span.extensions().get::<TraceIds>() {
+                if let Some(ids) = span.extensions().get::<SpanIds>() {
                     line.entry("trace_id")
                         .or_insert_with(|| Value::String(ids.trace_id.to_string()));
                     line.entry("span_id")
@@ -452,6 +438,7 @@ impl Visit for JsonFields {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::trace::{SpanId, TraceId};
     use std::sync::{Arc, Mutex};
 
     /// Everything the layer writes, for assertions.
@@ -493,8 +480,12 @@ mod tests {
             );
             attach_trace_ids(
                 &span,
-                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"),
-                SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
+                SpanIds {
+                    trace_id: TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736")
+                        .expect("trace id"),
+                    span_id: SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
+                    sampled: false,
+                },
             );
             span.record("stallscope.poll.count", 3);
             span.in_scope(|| tracing::warn!("inside"));

@@ -23,7 +23,7 @@ use super::Telemetry;
 use super::http_metrics::RouteKey;
 use super::poll_stats::{Measured, PollStats};
 use super::trace_context::{self, SpanIds};
-use super::watchdog::{RequestTag, StallReport, Watchdog};
+use super::watchdog::{RequestTag, StallCallback, StallReport, Watchdog};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -65,24 +65,14 @@ pub async fn observe(
     );
 
     instruments.active.increment(1.0);
-    let stall_span = span.clone();
     let tag = Arc::new(RequestTag {
         route,
         variant,
         request_id,
         trace_id: ids.map(|ids| ids.trace_id),
-        on_stall: Some(Box::new(move |report: &StallReport| {
-            stall_span.add_event(
-                "executor.stall",
-                vec![
-                    KeyValue::new("stallscope.worker", report.worker.clone()),
-                    KeyValue::new(
-                        "stallscope.stall.elapsed_ms",
-                        report.elapsed.as_secs_f64() * 1000.0,
-                    ),
-                ],
-            );
-        })),
+        on_stall: ids
+            .is_some_and(|ids| ids.sampled)
+            .then(|| stall_event_on(span.clone())),
     });
     let handler = TaggedPolls {
         inner: next.run(request),
@@ -105,6 +95,24 @@ pub async fn observe(
         headers.insert(trace_context::TRACEPARENT, traceparent);
     }
     response
+}
+
+/// Puts the watchdog's `executor.stall` event on the request's span. Only a sampled span keeps
+/// events, so unsampled requests (all of them without an exporter) get no callback: no boxed
+/// closure and span clone per request for nothing.
+fn stall_event_on(span: Span) -> StallCallback {
+    Box::new(move |report: &StallReport| {
+        span.add_event(
+            "executor.stall",
+            vec![
+                KeyValue::new("stallscope.worker", report.worker.clone()),
+                KeyValue::new(
+                    "stallscope.stall.elapsed_ms",
+                    report.elapsed.as_secs_f64() * 1000.0,
+                ),
+            ],
+        );
+    })
 }
 
 /// The request's server span, with the HTTP semantic-convention attributes, joined to the
@@ -146,7 +154,7 @@ pub fn server_span(
     }
     let ids = SpanIds::for_request(&span, parent.as_ref());
     if let Some(ids) = ids {
-        super::logging::attach_trace_ids(&span, ids.trace_id, ids.span_id);
+        super::logging::attach_trace_ids(&span, ids);
     }
     (span, ids)
 }

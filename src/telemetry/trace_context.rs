@@ -23,15 +23,10 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
         opentelemetry::global::get_text_map_propagator(|p| {
             p.inject_context(&context, &mut HeaderInjector(headers));
         });
-    } else if let Some((trace_id, span_id)) = super::logging::request_trace_ids(span) {
-        let ids = SpanIds {
-            trace_id,
-            span_id,
-            sampled: false,
-        };
-        if let Some(traceparent) = ids.traceparent() {
-            headers.insert(TRACEPARENT, traceparent);
-        }
+    } else if let Some(traceparent) =
+        super::logging::request_ids(span).and_then(|ids| ids.traceparent())
+    {
+        headers.insert(TRACEPARENT, traceparent);
     }
 }
 
@@ -180,7 +175,7 @@ mod tests {
         without_an_otel_layer(|| {
             let server = tracing::info_span!("HTTP request");
             let ids = SpanIds::for_request(&server, None).expect("ids");
-            crate::telemetry::logging::attach_trace_ids(&server, ids.trace_id, ids.span_id);
+            crate::telemetry::logging::attach_trace_ids(&server, ids);
             let client = server.in_scope(|| tracing::info_span!("HTTP client request"));
             let mut headers = HeaderMap::new();
             inject(&client, &mut headers);
