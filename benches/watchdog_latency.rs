@@ -9,7 +9,9 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use stallscope::config::ServeArgs;
-use stallscope::telemetry::watchdog::{RequestTag, StallReport, Watchdog};
+use stallscope::telemetry::request_context::RequestContext;
+use stallscope::telemetry::trace_context::SpanIds;
+use stallscope::telemetry::watchdog::{StallReport, Watchdog};
 
 const STALLS: usize = 30;
 const STALL: Duration = Duration::from_millis(200);
@@ -27,11 +29,13 @@ fn main() -> anyhow::Result<()> {
     let mut late_by = Vec::with_capacity(STALLS);
     for i in 0..STALLS {
         let (reports, reported) = mpsc::channel::<Instant>();
-        let tag = Arc::new(RequestTag {
+        let tag = Arc::new(RequestContext {
             route: "/bench",
             variant: "blocking",
             request_id: format!("bench-{i}"),
-            trace_id: None,
+            method: "GET",
+            uri: axum::http::Uri::from_static("/bench"),
+            ids: SpanIds::for_request(None, None),
             on_stall: Some(Box::new(move |_: &StallReport| {
                 let _ = reports.send(Instant::now());
             })),

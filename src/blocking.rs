@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::error::AppError;
 use crate::telemetry::metric_names::{BLOCKING_IN_FLIGHT, BLOCKING_QUEUE_WAIT, BLOCKING_RUN};
+use crate::telemetry::request_context;
 
 /// Runs `work` on the blocking pool and waits for it without holding a worker.
 ///
@@ -30,10 +31,13 @@ where
         stallscope.blocking.queue_wait_ms = tracing::field::Empty,
         stallscope.blocking.run_ms = tracing::field::Empty,
     );
+    // The blocking thread knows nothing of the request: its logs name it through this.
+    let request = request_context::current();
     tokio::task::spawn_blocking(move || {
         // Moved in here so the gauge drops when the job ends, even if the awaiting request
         // was cancelled long before.
         let _in_flight = in_flight;
+        let _request = request_context::enter(request);
         let _entered = span.enter();
         let waited = submitted.elapsed();
         metrics::histogram!(BLOCKING_QUEUE_WAIT, "call_site" => call_site)

@@ -13,7 +13,9 @@ use std::sync::{Arc, mpsc};
 
 use common::{ServiceProcess, completion_times};
 use stallscope::config::ServeArgs;
-use stallscope::telemetry::watchdog::{RequestTag, StallReport, Watchdog};
+use stallscope::telemetry::request_context::RequestContext;
+use stallscope::telemetry::trace_context::SpanIds;
+use stallscope::telemetry::watchdog::{StallReport, Watchdog};
 use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -343,11 +345,13 @@ fn watchdog_reports_a_request_stall_while_it_runs() {
     let runtime = one_worker_runtime(&watchdog);
     watchdog.spawn_scanner(scan).expect("scanner");
     let (reports, reported) = mpsc::channel();
-    let tag = Arc::new(RequestTag {
+    let tag = Arc::new(RequestContext {
         route: "/test/{variant}",
         variant: "blocking",
         request_id: "t-1".into(),
-        trace_id: None,
+        method: "GET",
+        uri: axum::http::Uri::from_static("/test/blocking"),
+        ids: SpanIds::for_request(None, None),
         on_stall: Some(Box::new(move |report: &StallReport| {
             let _ = reports.send((Instant::now(), report.clone()));
         })),

@@ -23,6 +23,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::Record;
 use tracing::{Event, Subscriber};
 use tracing_subscriber::field::{RecordFields, VisitOutput};
+use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::fmt::FormattedFields;
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
@@ -32,8 +33,12 @@ use tracing_subscriber::registry::{LookupSpan, Registry};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use nu_ansi_term::Style;
+
 use super::otlp::{OtlpSettings, QueueingProcessor};
-use super::trace_context::{SpanIds, push_hex};
+use super::request_context::{self, RequestContext};
+use super::route_layer::SERVER_SPAN;
+use super::trace_context::push_hex;
 
 /// What `main` asks of the subscriber.
 #[derive(Debug, Clone)]
@@ -114,35 +119,25 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
     let tracer = provider.tracer("stallscope");
 
     let json = std::env::var("STALLSCOPE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let log_filter = || {
-        EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(options.default_log_filter))
-    };
-    let logs = if json {
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .fmt_fields(SpanFieldsForLogs { json: true })
-            .event_format(JsonWithTraceIds)
-            .with_filter(log_filter())
-            .boxed()
-    } else {
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .fmt_fields(SpanFieldsForLogs { json: false })
-            .with_filter(log_filter())
-            .boxed()
-    };
+    let log_filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(options.default_log_filter));
+    let logs = log_layer(
+        LogFormat {
+            json,
+            ansi: std::io::stderr().is_terminal(),
+        },
+        std::io::stderr,
+        SystemTime,
+        log_filter,
+    );
     let trace_filter = EnvFilter::try_from_env("STALLSCOPE_TRACE_FILTER")
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let console = options.console.then(|| {
-        console_subscriber::ConsoleLayer::builder()
-            .with_default_env()
-            .spawn()
-    });
-    let installed = tracing_subscriber::registry()
-        .with(logs)
-        .with(exporting.then(|| {
+    // The layers go in as one list, not as optional layers: an absent `Option` layer answers
+    // "interested" for every call site, which keeps alive the spans every per-layer filter
+    // turned away (the server span without an exporter would be built for nothing).
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![logs];
+    if exporting {
+        layers.push(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 // Each of these costs every span something, and none says anything here: the
@@ -155,9 +150,18 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
                 .with_location(false)
                 .with_context_activation(false)
                 .with_filter(trace_filter)
-        }))
-        .with(console)
-        .try_init();
+                .boxed(),
+        );
+    }
+    if options.console {
+        layers.push(
+            console_subscriber::ConsoleLayer::builder()
+                .with_default_env()
+                .spawn()
+                .boxed(),
+        );
+    }
+    let installed = tracing_subscriber::registry().with(layers).try_init();
     if installed.is_err() {
         eprintln!("stallscope: a tracing subscriber was already installed; keeping it");
     }
@@ -179,6 +183,52 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
         provider,
         exporting,
     }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy)]
+struct LogFormat {
+    json: bool,
+    /// Human lines with ANSI colours.
+    ansi: bool,
+}
+
+/// The log layer: lines in `format` to `writer`, filtered by `filter`. Logs never see the
+/// server span (made only for the exporter): they print the request's context instead
+/// ([`HumanLines`], [`JsonWithTraceIds`]), the same with or without an exporter.
+fn log_layer<S, W, T>(
+    format: LogFormat,
+    writer: W,
+    timer: T,
+    filter: EnvFilter,
+) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    T: FormatTime + Send + Sync + 'static,
+{
+    let filter = filter.and(filter_fn(|meta| !is_server_span(meta)));
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    if format.json {
+        layer
+            .fmt_fields(SpanFieldsForLogs { json: true })
+            .event_format(JsonWithTraceIds)
+            .with_filter(filter)
+            .boxed()
+    } else {
+        layer
+            .with_ansi(format.ansi)
+            .fmt_fields(SpanFieldsForLogs { json: false })
+            .event_format(HumanLines::new(timer))
+            .with_filter(filter)
+            .boxed()
+    }
+}
+
+/// The route layer's server span: for the exporter only, never for logs. (Asked once per
+/// call site: filters of this kind are cached.)
+fn is_server_span(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.name() == SERVER_SPAN && meta.target().ends_with("::route_layer")
 }
 
 /// How the log layer formats fields. The fmt layer formats a span's fields the moment the span
@@ -314,52 +364,147 @@ fn needs_no_escaping(text: &str) -> bool {
         .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
 }
 
-/// Lets the logs name `span`'s trace: the JSON formatter prints the ids of the enclosing
-/// server span, human logs show `trace_id=…` in the span's context.
+/// Human log lines as tracing-subscriber's default (`Full`) format writes them, with the
+/// request the line belongs to (see [`request_context`]) where a request span's context
+/// used to be:
 ///
-/// Recording the ids as span fields would do the same through every layer — each formatting
-/// two hex ids, the OpenTelemetry layer adding them as redundant attributes — which measured
-/// 4 % of the service's CPU on a zero-work endpoint (docs/benchmarks.md). Instead they go
-/// straight into the span's registry entry, once.
-pub fn attach_trace_ids(span: &tracing::Span, ids: SpanIds) {
-    span.with_subscriber(|(id, dispatch)| {
-        let Some(registry) = dispatch.downcast_ref::<Registry>() else {
-            return;
-        };
-        let Some(data) = registry.span(id) else {
-            return;
-        };
-        let mut extensions = data.extensions_mut();
-        if let Some(fields) = extensions.get_mut::<FormattedFields<SpanFieldsForLogs>>()
-            && !fields.fields.is_empty()
-        {
-            // Human logs: the fmt layer formatted the span's fields already (in JSON mode it
-            // formats none, and the formatter reads the ids below instead).
-            fields.fields.push_str(" trace_id=");
-            push_hex(&mut fields.fields, &ids.trace_id.to_bytes());
-        }
-        extensions.insert(ids);
-    });
+/// `2026-11-23T10:00:00.000000Z  WARN HTTP request{http.request.method="GET" http.route="/db/{variant}/sleep" url.path="/db/blocking/sleep" stallscope.variant="blocking" stallscope.request_id="req-0000002a" trace_id="4bf9…"}:db.query{…}: stallscope::db: message`
+///
+/// Everything after the prefix is the default format's (child spans, target, fields), so a line
+/// outside any request is exactly the default line; tests hold both forms to the default
+/// formatter's output, ANSI colours included.
+struct HumanLines<T> {
+    timer: T,
+    /// The default format minus timestamp and level, which come before the prefix.
+    rest: tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, ()>,
 }
 
-/// The ids of the request `span` belongs to: those [`attach_trace_ids`] gave `span` or its
-/// nearest ancestor. How outgoing calls name the caller's trace when no OpenTelemetry layer is
-/// installed.
-pub fn request_ids(span: &tracing::Span) -> Option<SpanIds> {
-    let mut found = None;
-    span.with_subscriber(|(id, dispatch)| {
-        let registry = dispatch.downcast_ref::<Registry>()?;
-        found = registry
-            .span(id)?
-            .scope()
-            .find_map(|span| span.extensions().get::<SpanIds>().copied());
-        Some(())
-    });
-    found
+impl<T> HumanLines<T> {
+    fn new(timer: T) -> Self {
+        Self {
+            timer,
+            rest: tracing_subscriber::fmt::format()
+                .without_time()
+                .with_level(false),
+        }
+    }
+}
+
+impl<S, N, T> FormatEvent<S, N> for HumanLines<T>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    T: FormatTime,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let ansi = writer.has_ansi_escapes();
+        let dimmed = style(ansi, Style::new().dimmed());
+        write!(writer, "{}", dimmed.prefix())?;
+        if self.timer.format_time(&mut writer).is_err() {
+            writer.write_str("<unknown time>")?;
+        }
+        write!(writer, "{} ", dimmed.suffix())?;
+        write!(writer, "{} ", FmtLevel(*event.metadata().level(), ansi))?;
+        request_context::with_current(|request| match request {
+            Some(request) => {
+                let in_child_span = ctx.event_scope().is_some_and(|mut s| s.next().is_some());
+                write_request_prefix(&mut writer, request, !in_child_span)
+            }
+            None => Ok(()),
+        })?;
+        self.rest.format_event(ctx, writer, event)
+    }
+}
+
+fn style(ansi: bool, style: Style) -> Style {
+    if ansi { style } else { Style::new() }
+}
+
+/// `HTTP request{fields}:` as the default format writes a span with these fields (and a space
+/// when no child span follows).
+fn write_request_prefix(
+    writer: &mut Writer<'_>,
+    request: &RequestContext,
+    then_space: bool,
+) -> fmt::Result {
+    let ansi = writer.has_ansi_escapes();
+    let (bold, dimmed, italic) = (
+        style(ansi, Style::new().bold()),
+        style(ansi, Style::new().dimmed()),
+        style(ansi, Style::new().italic()),
+    );
+    let path = request.uri.path();
+    let mut trace_id = String::with_capacity(32);
+    push_hex(&mut trace_id, &request.ids.trace_id.to_bytes());
+    // Name, value, and whether the value is a string (quoted like `{:?}`; the trace id is
+    // written bare, as `trace_id = %id` event fields are).
+    let fields: [(&str, &str, bool); 6] = [
+        ("http.request.method", request.method, true),
+        ("http.route", request.route, true),
+        ("url.path", path, true),
+        ("stallscope.variant", request.variant, true),
+        ("stallscope.request_id", &request.request_id, true),
+        ("trace_id", &trace_id, false),
+    ];
+    write!(writer, "{}{}", bold.paint(SERVER_SPAN), bold.paint("{"))?;
+    for (i, (name, value, quoted)) in fields.into_iter().enumerate() {
+        let separator = if i == 0 { "" } else { " " };
+        if !quoted {
+            write!(
+                writer,
+                "{separator}{}{}{value}",
+                italic.paint(name),
+                dimmed.paint("=")
+            )?;
+        } else if !ansi && needs_no_escaping(value) {
+            // What `{:?}` writes for such a value, without going through it.
+            for part in [separator, name, "=\"", value, "\""] {
+                writer.write_str(part)?;
+            }
+        } else {
+            write!(
+                writer,
+                "{separator}{}{}{value:?}",
+                italic.paint(name),
+                dimmed.paint("=")
+            )?;
+        }
+    }
+    write!(writer, "{}{}", bold.paint("}"), dimmed.paint(":"))?;
+    if then_space {
+        writer.write_char(' ')?;
+    }
+    Ok(())
+}
+
+/// A level as the default format writes it: five columns, coloured with ANSI.
+struct FmtLevel(tracing::Level, bool);
+
+impl fmt::Display for FmtLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use nu_ansi_term::Color;
+        let (text, color) = match self.0 {
+            tracing::Level::TRACE => ("TRACE", Color::Purple),
+            tracing::Level::DEBUG => ("DEBUG", Color::Blue),
+            tracing::Level::INFO => (" INFO", Color::Green),
+            tracing::Level::WARN => (" WARN", Color::Yellow),
+            tracing::Level::ERROR => ("ERROR", Color::Red),
+        };
+        if self.1 {
+            write!(f, "{}", color.paint(text))
+        } else {
+            f.pad(text)
+        }
+    }
 }
 
 /// One JSON object per line: timestamp, level, target, the event's fields, the innermost
-/// span's name, and the `trace_id`/`span_id` of the request it belongs to.
+/// span's name, and the `request_id`, `trace_id` and `span_id` of the request it belongs to.
 struct JsonWithTraceIds;
 
 impl<S, N> FormatEvent<S, N> for JsonWithTraceIds
@@ -390,21 +535,22 @@ where
         for (key, value) in fields.0 {
             line.insert(key, value);
         }
-        if let Some(scope) = ctx.event_scope() {
-            let mut spans = scope.peekable();
-            if let Some(innermost) = spans.peek() {
-                line.insert("span".into(), Value::String(innermost.name().into()));
+        let innermost = ctx
+            .event_scope()
+            .and_then(|mut scope| scope.next().map(|span| span.name()));
+        request_context::with_current(|request| {
+            if let Some(name) = innermost.or(request.map(|_| SERVER_SPAN)) {
+                line.insert("span".into(), Value::String(name.into()));
             }
-            for span in spans {
-                if let Some(ids) = span.extensions().get::<SpanIds>() {
-                    line.entry("trace_id")
-                        .or_insert_with(|| Value::String(ids.trace_id.to_string()));
-                    line.entry("span_id")
-                        .or_insert_with(|| Value::String(ids.span_id.to_string()));
-                    break;
-                }
+            if let Some(request) = request {
+                line.entry("request_id")
+                    .or_insert_with(|| Value::String(request.request_id.clone()));
+                line.entry("trace_id")
+                    .or_insert_with(|| Value::String(request.ids.trace_id.to_string()));
+                line.entry("span_id")
+                    .or_insert_with(|| Value::String(request.ids.span_id.to_string()));
             }
-        }
+        });
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
     }
@@ -438,7 +584,6 @@ impl Visit for JsonFields {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanId, TraceId};
     use std::sync::{Arc, Mutex};
 
     /// Everything the layer writes, for assertions.
@@ -458,40 +603,207 @@ mod tests {
         }
     }
 
-    fn log_inside_a_server_like_span(json: bool) -> String {
+    /// A timestamp that does not change, so lines can be compared.
+    struct FixedTime;
+
+    impl FormatTime for FixedTime {
+        fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+            w.write_str("2026-11-23T10:00:00.000000Z")
+        }
+    }
+
+    type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+    /// What `layer` (made with a capturing writer) writes while `scenario` runs.
+    fn captured(layer: impl FnOnce(Captured) -> BoxedLayer, scenario: impl FnOnce()) -> String {
         let captured = Captured::default();
-        let writer = captured.clone();
-        let layer = tracing_subscriber::fmt::layer()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .fmt_fields(SpanFieldsForLogs { json });
-        let subscriber = tracing_subscriber::registry().with(if json {
-            layer.event_format(JsonWithTraceIds).boxed()
-        } else {
-            layer.boxed()
-        });
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!(
-                "HTTP request",
-                otel.kind = "server",
-                http.route = "/sleep/{variant}",
-                network.protocol.version = "1.1",
-                stallscope.poll.count = tracing::field::Empty,
-            );
-            attach_trace_ids(
-                &span,
-                SpanIds {
-                    trace_id: TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736")
-                        .expect("trace id"),
-                    span_id: SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
-                    sampled: false,
-                },
-            );
-            span.record("stallscope.poll.count", 3);
-            span.in_scope(|| tracing::warn!("inside"));
-        });
+        let subscriber = tracing_subscriber::registry().with(layer(captured.clone()));
+        tracing::subscriber::with_default(subscriber, scenario);
         let bytes = captured.0.lock().expect("captured").clone();
         String::from_utf8(bytes).expect("utf-8 logs")
+    }
+
+    fn ours(format: LogFormat) -> impl FnOnce(Captured) -> BoxedLayer {
+        move |writer| {
+            log_layer(
+                format,
+                move || writer.clone(),
+                FixedTime,
+                EnvFilter::new("trace"),
+            )
+        }
+    }
+
+    /// tracing-subscriber's own human format, with the service's field formatter.
+    fn default_format(ansi: bool) -> impl FnOnce(Captured) -> BoxedLayer {
+        move |writer| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || writer.clone())
+                .with_ansi(ansi)
+                .with_timer(FixedTime)
+                .fmt_fields(SpanFieldsForLogs { json: false })
+                .boxed()
+        }
+    }
+
+    /// Events at every level, outside spans and inside nested child spans.
+    fn some_events() {
+        tracing::error!(code = 3u64, "failed: {}", "why");
+        tracing::warn!(path = "/a b", "warned");
+        tracing::info!("plain");
+        let query = tracing::info_span!("db.query", db.system = "sqlite", db.operation = "SELECT");
+        query.in_scope(|| {
+            tracing::debug!(rows = 2u64, "inside a child span");
+            tracing::info_span!("blocking").in_scope(|| tracing::trace!("two deep"));
+        });
+    }
+
+    #[test]
+    fn human_lines_outside_requests_are_the_default_format() {
+        for ansi in [false, true] {
+            let ours = captured(ours(LogFormat { json: false, ansi }), some_events);
+            let default = captured(default_format(ansi), some_events);
+            assert_eq!(ours, default, "ansi: {ansi}");
+            assert_eq!(ours.lines().count(), 5, "{ours}");
+        }
+    }
+
+    #[test]
+    fn human_lines_in_a_request_read_as_inside_a_request_span() {
+        let request = super::request_context::tests::sample("req-0000002a");
+        for ansi in [false, true] {
+            let ours = captured(ours(LogFormat { json: false, ansi }), || {
+                let _in_request = request_context::enter(Some(Arc::clone(&request)));
+                some_events();
+            });
+            // The same events inside a span with the request's fields, by the default format.
+            let default = captured(default_format(ansi), || {
+                tracing::info_span!(
+                    "HTTP request",
+                    http.request.method = "GET",
+                    http.route = "/sleep/{variant}",
+                    url.path = "/sleep/blocking",
+                    stallscope.variant = "blocking",
+                    stallscope.request_id = "req-0000002a",
+                    trace_id = %request.ids.trace_id,
+                )
+                .in_scope(some_events);
+            });
+            assert_eq!(ours, default, "ansi: {ansi}");
+        }
+        let plain = captured(
+            ours(LogFormat {
+                json: false,
+                ansi: false,
+            }),
+            || {
+                let _in_request = request_context::enter(Some(Arc::clone(&request)));
+                tracing::info!("hello");
+            },
+        );
+        assert_eq!(
+            plain,
+            "2026-11-23T10:00:00.000000Z  INFO HTTP request{http.request.method=\"GET\" \
+             http.route=\"/sleep/{variant}\" url.path=\"/sleep/blocking\" \
+             stallscope.variant=\"blocking\" stallscope.request_id=\"req-0000002a\" \
+             trace_id=4bf92f3577b34da6a3ce929d0e0e4736}: \
+             stallscope::telemetry::logging::tests: hello\n"
+        );
+    }
+
+    /// The route layer's request start, under the log layer alone (no exporter) and with an
+    /// OpenTelemetry layer too: no server span without the exporter, and either way one
+    /// request prefix per line, never the server span's own fields.
+    #[test]
+    fn logs_name_the_request_once_with_or_without_a_server_span() {
+        use axum::body::Body;
+        use opentelemetry::trace::TracerProvider as _;
+        let request = axum::extract::Request::builder()
+            .uri("/sleep/blocking?ms=1")
+            .body(Body::empty())
+            .expect("request");
+        let scenario = || {
+            let (context, span) = crate::telemetry::route_layer::begin_request(
+                &request,
+                "GET /sleep/{variant}",
+                "/sleep/{variant}",
+                "blocking",
+                "GET",
+            );
+            let _in_request = request_context::enter(Some(Arc::clone(&context)));
+            let _span = span.as_ref().map(tracing::Span::enter);
+            tracing::info!(exported = span.is_some(), "hello");
+            (context.ids, span.is_some())
+        };
+        for exporting in [false, true] {
+            let captured_logs = Captured::default();
+            let writer = captured_logs.clone();
+            let logs = ours(LogFormat {
+                json: false,
+                ansi: false,
+            })(writer);
+            let provider = SdkTracerProvider::builder().build();
+            // Layers as `init` installs them: one list.
+            let mut layers = vec![logs];
+            if exporting {
+                layers.push(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(provider.tracer("test"))
+                        .boxed(),
+                );
+            }
+            let subscriber = tracing_subscriber::registry().with(layers);
+            let (ids, had_span) = tracing::subscriber::with_default(subscriber, scenario);
+            assert_eq!(had_span, exporting, "a server span only for the exporter");
+            assert_eq!(ids.sampled, exporting, "ids from the exported span");
+            let line =
+                String::from_utf8(captured_logs.0.lock().expect("logs").clone()).expect("utf-8");
+            assert_eq!(line.matches("HTTP request{").count(), 1, "{line}");
+            assert!(
+                line.contains(&format!("trace_id={}", ids.trace_id)),
+                "{line}"
+            );
+            assert!(!line.contains("otel."), "{line}");
+            assert!(line.contains(&format!("exported={exporting}")), "{line}");
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_requests_ids() {
+        let request = super::request_context::tests::sample("req-0000002a");
+        let json = LogFormat {
+            json: true,
+            ansi: false,
+        };
+        let text = captured(ours(json), || {
+            tracing::info!("outside");
+            let _in_request = request_context::enter(Some(Arc::clone(&request)));
+            tracing::warn!("inside");
+            tracing::info_span!("db.query", db.system = "sqlite").in_scope(|| {
+                tracing::info!(request_id = "own", "in a child span");
+            });
+        });
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[0]["message"], "outside");
+        for absent in ["trace_id", "span_id", "request_id", "span"] {
+            assert!(lines[0].get(absent).is_none(), "{absent}: {}", lines[0]);
+        }
+        assert_eq!(lines[1]["message"], "inside");
+        assert_eq!(lines[1]["span"], "HTTP request");
+        assert_eq!(lines[1]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(lines[1]["span_id"], "00f067aa0ba902b7");
+        assert_eq!(lines[1]["request_id"], "req-0000002a");
+        assert_eq!(lines[2]["span"], "db.query");
+        assert_eq!(lines[2]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(lines[2]["request_id"], "own", "an event's own field wins");
+        assert!(
+            lines[2].get("db.system").is_none(),
+            "span fields stay out of JSON"
+        );
     }
 
     /// A span (with fields recorded at creation and later) and an event inside it, with string
@@ -558,23 +870,26 @@ mod tests {
     }
 
     #[test]
-    fn human_logs_keep_what_a_reader_needs_and_skip_trace_only_attributes() {
-        let line = log_inside_a_server_like_span(false);
-        assert!(line.contains(r#"http.route="/sleep/{variant}""#), "{line}");
-        assert!(line.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{line}");
-        for hidden in ["otel.kind", "network.protocol", "stallscope.poll"] {
-            assert!(!line.contains(hidden), "{hidden} in {line}");
+    fn human_logs_skip_trace_only_attributes_of_child_spans() {
+        let text = captured(
+            ours(LogFormat {
+                json: false,
+                ansi: false,
+            }),
+            || {
+                tracing::info_span!(
+                    "HTTP client request",
+                    otel.kind = "client",
+                    network.protocol.version = "1.1",
+                    http.route = "/slow",
+                )
+                .in_scope(|| tracing::warn!("inside"));
+            },
+        );
+        assert!(text.contains(r#"http.route="/slow""#), "{text}");
+        for hidden in ["otel.kind", "network.protocol"] {
+            assert!(!text.contains(hidden), "{hidden} in {text}");
         }
-        assert!(line.contains("inside"), "{line}");
-    }
-
-    #[test]
-    fn json_logs_carry_the_span_ids_without_formatting_span_fields() {
-        let line = log_inside_a_server_like_span(true);
-        let value: Value = serde_json::from_str(line.trim()).expect("one JSON object");
-        assert_eq!(value["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(value["span_id"], "00f067aa0ba902b7");
-        assert_eq!(value["message"], "inside");
-        assert_eq!(value["span"], "HTTP request");
+        assert!(text.contains("inside"), "{text}");
     }
 }

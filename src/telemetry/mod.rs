@@ -9,6 +9,7 @@ pub mod logging;
 pub mod metric_names;
 pub mod otlp;
 pub mod poll_stats;
+pub mod request_context;
 pub mod route_layer;
 pub mod task_monitors;
 pub mod trace_context;

@@ -4,11 +4,8 @@
 //! metrics of the OpenTelemetry semantic conventions. Handlers know nothing of it.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -22,10 +19,14 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::Telemetry;
 use super::http_metrics::RouteKey;
 use super::poll_stats::{Measured, PollStats};
+use super::request_context::{InRequest, RequestContext};
 use super::trace_context::{self, SpanIds};
-use super::watchdog::{RequestTag, StallCallback, StallReport, Watchdog};
+use super::watchdog::{StallCallback, StallReport};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The name of every request's server span (the span's `otel.name` is `{method} {route}`).
+pub const SERVER_SPAN: &str = "HTTP request";
 
 /// `http_route` of requests that matched no route: one value for all of them.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -46,7 +47,6 @@ pub async fn observe(
         .map_or(UNMATCHED_ROUTE, |m| intern(m.as_str()));
     let variant = variant_label(route, request.uri().path());
     let method = method_label(request.method());
-    let request_id = request_id(&request);
     let instruments = telemetry.http.get(
         RouteKey {
             route,
@@ -55,51 +55,109 @@ pub async fn observe(
         },
         &telemetry.tasks,
     );
-    let (span, ids) = server_span(
-        &request,
-        &instruments.span_name,
-        route,
-        variant,
-        method,
-        &request_id,
-    );
+    let (context, span) = begin_request(&request, &instruments.span_name, route, variant, method);
 
     instruments.active.increment(1.0);
-    let tag = Arc::new(RequestTag {
-        route,
-        variant,
-        request_id,
-        trace_id: ids.map(|ids| ids.trace_id),
-        on_stall: ids
-            .is_some_and(|ids| ids.sampled)
-            .then(|| stall_event_on(span.clone())),
-    });
-    let handler = TaggedPolls {
-        inner: next.run(request),
-        tag: Arc::clone(&tag),
-        watchdog: &telemetry.watchdog,
-    };
+    let handler = InRequest::new(
+        next.run(request),
+        Arc::clone(&context),
+        Some(&telemetry.watchdog),
+    );
     let monitored =
         tokio_metrics::TaskMonitor::instrument(&instruments.monitor, Measured::new(handler));
-    let (mut response, stats) = monitored.instrument(span.clone()).await;
+    let (mut response, stats) = match &span {
+        Some(span) => monitored.instrument(span.clone()).await,
+        None => monitored.await,
+    };
     instruments.active.decrement(1.0);
 
     let status = response.status();
     instruments.record_duration(status.as_u16(), started.elapsed().as_secs_f64());
-    record_outcome(&span, ids, status, &stats);
-    let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&tag.request_id) {
-        headers.insert(REQUEST_ID, value);
-    }
-    if let Some(traceparent) = ids.and_then(|ids| ids.traceparent()) {
-        headers.insert(trace_context::TRACEPARENT, traceparent);
-    }
+    finish_request(span.as_ref(), &context, &mut response, &stats);
     response
 }
 
+/// A request's [`RequestContext`], and its server span when an exporter will read one.
+///
+/// The span carries the HTTP semantic-convention attributes and joins the caller's trace when
+/// the request has a `traceparent`. Without an OpenTelemetry layer (no exporter) no layer
+/// wants it — logs print the context instead — so it is not made at all: the registry entry,
+/// field formatting and close it cost were most of the instrumentation's cost per request.
+/// The ids are then made here (the caller's trace id or a new one, a new span id).
+pub fn begin_request(
+    request: &Request,
+    name: &str,
+    route: &'static str,
+    variant: &'static str,
+    method: &'static str,
+) -> (Arc<RequestContext>, Option<Span>) {
+    let request_id = request_id(request);
+    let span = tracing::info_span!(
+        SERVER_SPAN,
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        url.path = truncated(request.uri().path(), MAX_PATH_ATTRIBUTE),
+        url.scheme = "http",
+        network.protocol.version = protocol_version(request.version()),
+        stallscope.variant = variant,
+        stallscope.request_id = request_id.as_str(),
+        stallscope.poll.count = tracing::field::Empty,
+        stallscope.poll.longest_ms = tracing::field::Empty,
+        stallscope.poll.busy_ms = tracing::field::Empty,
+        stallscope.poll.scheduled_wait_ms = tracing::field::Empty,
+    );
+    let span = (!span.is_disabled()).then_some(span);
+    let parent = request
+        .headers()
+        .contains_key(trace_context::TRACEPARENT)
+        .then(|| trace_context::extract(request.headers()));
+    if let (Some(span), Some(parent)) = (&span, &parent) {
+        let _ = span.set_parent(parent.clone());
+    }
+    let ids = SpanIds::for_request(span.as_ref(), parent.as_ref());
+    let on_stall = span
+        .as_ref()
+        .filter(|_| ids.sampled)
+        .map(|span| stall_event_on(span.clone()));
+    let context = Arc::new(RequestContext {
+        route,
+        variant,
+        method,
+        uri: request.uri().clone(),
+        request_id,
+        ids,
+        on_stall,
+    });
+    (context, span)
+}
+
+/// The request's ids on the response (`x-request-id`, `traceparent`) and, on a sampled span,
+/// its outcome.
+fn finish_request(
+    span: Option<&Span>,
+    context: &RequestContext,
+    response: &mut Response,
+    stats: &PollStats,
+) {
+    if let Some(span) = span {
+        record_outcome(span, context.ids, response.status(), stats);
+    }
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&context.request_id) {
+        headers.insert(REQUEST_ID, value);
+    }
+    if let Some(traceparent) = context.ids.traceparent() {
+        headers.insert(trace_context::TRACEPARENT, traceparent);
+    }
+}
+
 /// Puts the watchdog's `executor.stall` event on the request's span. Only a sampled span keeps
-/// events, so unsampled requests (all of them without an exporter) get no callback: no boxed
-/// closure and span clone per request for nothing.
+/// events, so unsampled requests get no callback: no boxed closure and span clone per request
+/// for nothing.
 fn stall_event_on(span: Span) -> StallCallback {
     Box::new(move |report: &StallReport| {
         span.add_event(
@@ -113,50 +171,6 @@ fn stall_event_on(span: Span) -> StallCallback {
             ],
         );
     })
-}
-
-/// The request's server span, with the HTTP semantic-convention attributes, joined to the
-/// caller's trace when the request carries a `traceparent`; and its ids, read once.
-pub fn server_span(
-    request: &Request,
-    name: &str,
-    route: &str,
-    variant: &str,
-    method: &str,
-    request_id: &str,
-) -> (Span, Option<SpanIds>) {
-    let path = request.uri().path();
-    let span = tracing::info_span!(
-        "HTTP request",
-        otel.name = name,
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = method,
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-        url.path = truncated(path, MAX_PATH_ATTRIBUTE),
-        url.scheme = "http",
-        network.protocol.version = protocol_version(request.version()),
-        stallscope.variant = variant,
-        stallscope.request_id = request_id,
-        stallscope.poll.count = tracing::field::Empty,
-        stallscope.poll.longest_ms = tracing::field::Empty,
-        stallscope.poll.busy_ms = tracing::field::Empty,
-        stallscope.poll.scheduled_wait_ms = tracing::field::Empty,
-    );
-    let parent = request
-        .headers()
-        .contains_key(trace_context::TRACEPARENT)
-        .then(|| trace_context::extract(request.headers()));
-    if let Some(parent) = &parent {
-        // Without an OpenTelemetry layer there is nothing to join: ids come from `parent`.
-        let _ = span.set_parent(parent.clone());
-    }
-    let ids = SpanIds::for_request(&span, parent.as_ref());
-    if let Some(ids) = ids {
-        super::logging::attach_trace_ids(&span, ids);
-    }
-    (span, ids)
 }
 
 /// Longest `url.path` put on a span: paths are client input.
@@ -189,8 +203,8 @@ fn protocol_version(version: axum::http::Version) -> &'static str {
 
 /// Status and poll statistics, once the response exists. Only a sampled span keeps them (no
 /// log line is written in the span after this), so an unsampled one skips the work.
-pub fn record_outcome(span: &Span, ids: Option<SpanIds>, status: StatusCode, stats: &PollStats) {
-    if !ids.is_some_and(|ids| ids.sampled) {
+fn record_outcome(span: &Span, ids: SpanIds, status: StatusCode, stats: &PollStats) {
+    if !ids.sampled {
         return;
     }
     span.record("http.response.status_code", status.as_u16());
@@ -207,41 +221,26 @@ pub fn record_outcome(span: &Span, ids: Option<SpanIds>, status: StatusCode, sta
     );
 }
 
-/// Server spans (and poll statistics) without metrics, for the slow upstream.
+/// Server spans (and poll statistics) without metrics or watchdog, for the slow upstream.
 pub async fn trace_only(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or(UNMATCHED_ROUTE, |m| intern(m.as_str()));
     let method = method_label(request.method());
-    let request_id = request_id(&request);
     let name = span_name(method, route);
-    let (span, ids) = server_span(&request, &name, route, NO_VARIANT, method, &request_id);
-    let (response, stats) = Measured::new(next.run(request))
-        .instrument(span.clone())
-        .await;
-    record_outcome(&span, ids, response.status(), &stats);
+    let (context, span) = begin_request(&request, &name, route, NO_VARIANT, method);
+    let handler = Measured::new(InRequest::new(
+        next.run(request),
+        Arc::clone(&context),
+        None,
+    ));
+    let (mut response, stats) = match &span {
+        Some(span) => handler.instrument(span.clone()).await,
+        None => handler.await,
+    };
+    finish_request(span.as_ref(), &context, &mut response, &stats);
     response
-}
-
-pin_project_lite::pin_project! {
-    /// Tells the watchdog, at every poll, which request the running poll belongs to.
-    struct TaggedPolls<'a, F> {
-        #[pin]
-        inner: F,
-        tag: Arc<RequestTag>,
-        watchdog: &'a Arc<Watchdog>,
-    }
-}
-
-impl<F: Future> Future for TaggedPolls<'_, F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        this.watchdog.tag_current_poll(this.tag);
-        this.inner.poll(cx)
-    }
 }
 
 /// The server span's name: `{method} {route}`, or the method alone for unmatched paths.

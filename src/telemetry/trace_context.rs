@@ -15,8 +15,8 @@ pub fn extract(headers: &HeaderMap) -> opentelemetry::Context {
 }
 
 /// Writes `span`'s context into outgoing `headers` (`traceparent`, `tracestate`). Without
-/// an OpenTelemetry layer (no exporter), the enclosing request's ids stand in: the callee
-/// joins the caller's trace, and both logs name it.
+/// an OpenTelemetry layer (no exporter), the ids of the request this thread works for stand
+/// in: the callee joins the caller's trace, and both logs name it.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     let context = span.context();
     if context.span().span_context().is_valid() {
@@ -24,7 +24,7 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
             p.inject_context(&context, &mut HeaderInjector(headers));
         });
     } else if let Some(traceparent) =
-        super::logging::request_ids(span).and_then(|ids| ids.traceparent())
+        super::request_context::with_current(|request| request.and_then(|r| r.ids.traceparent()))
     {
         headers.insert(TRACEPARENT, traceparent);
     }
@@ -51,29 +51,26 @@ impl SpanIds {
         })
     }
 
-    /// The ids of a request's server span: the OpenTelemetry span's when the layer is
-    /// installed (an exporter is configured), else made here — the caller's trace id (from
+    /// The ids of a request: its server span's when there is one and the OpenTelemetry layer
+    /// gave it ids (an exporter is configured), else made here — the caller's trace id (from
     /// `parent`, the extracted `traceparent`) or a new one, and a new span id, "not sampled"
-    /// since nothing records the span. `None` for a span filtered out.
+    /// since nothing records a span.
     pub fn for_request(
-        span: &tracing::Span,
+        span: Option<&tracing::Span>,
         parent: Option<&opentelemetry::Context>,
-    ) -> Option<Self> {
-        if span.is_disabled() {
-            return None;
-        }
-        if let Some(ids) = Self::of(span) {
-            return Some(ids);
+    ) -> Self {
+        if let Some(ids) = span.and_then(Self::of) {
+            return ids;
         }
         let generator = RandomIdGenerator::default();
         let caller = parent
             .map(|context| context.span().span_context().trace_id())
             .filter(|trace_id| *trace_id != TraceId::INVALID);
-        Some(Self {
+        Self {
             trace_id: caller.unwrap_or_else(|| generator.new_trace_id()),
             span_id: generator.new_span_id(),
             sampled: false,
-        })
+        }
     }
 
     /// The W3C `traceparent` naming this span, for response headers.
@@ -145,54 +142,56 @@ mod tests {
         );
         without_an_otel_layer(|| {
             let span = tracing::info_span!("HTTP request");
-            let fresh = SpanIds::for_request(&span, None).expect("ids for an enabled span");
-            assert_ne!(fresh.trace_id, TraceId::INVALID);
-            assert_ne!(fresh.span_id, SpanId::INVALID);
-            assert!(!fresh.sampled, "nothing records the span");
-            let other = SpanIds::for_request(&span, None).expect("ids");
-            assert_ne!(fresh.trace_id, other.trace_id, "each request its own trace");
+            for span in [Some(&span), None] {
+                let fresh = SpanIds::for_request(span, None);
+                assert_ne!(fresh.trace_id, TraceId::INVALID);
+                assert_ne!(fresh.span_id, SpanId::INVALID);
+                assert!(!fresh.sampled, "nothing records the span");
+                let other = SpanIds::for_request(span, None);
+                assert_ne!(fresh.trace_id, other.trace_id, "each request its own trace");
 
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                TRACEPARENT,
-                HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            );
-            let parent = extract(&headers);
-            let joined = SpanIds::for_request(&span, Some(&parent)).expect("ids");
-            assert_eq!(
-                joined.trace_id,
-                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id")
-            );
-            assert_ne!(
-                joined.span_id,
-                SpanId::from_hex("00f067aa0ba902b7").expect("span id")
-            );
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    TRACEPARENT,
+                    HeaderValue::from_static(
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                    ),
+                );
+                let parent = extract(&headers);
+                let joined = SpanIds::for_request(span, Some(&parent));
+                assert_eq!(
+                    joined.trace_id,
+                    TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id")
+                );
+                assert_ne!(
+                    joined.span_id,
+                    SpanId::from_hex("00f067aa0ba902b7").expect("span id")
+                );
+            }
         });
     }
 
     #[test]
     fn without_an_otel_layer_outgoing_calls_carry_the_requests_trace() {
+        use crate::telemetry::request_context;
         without_an_otel_layer(|| {
-            let server = tracing::info_span!("HTTP request");
-            let ids = SpanIds::for_request(&server, None).expect("ids");
-            crate::telemetry::logging::attach_trace_ids(&server, ids);
-            let client = server.in_scope(|| tracing::info_span!("HTTP client request"));
+            let request = request_context::tests::sample("req-1");
+            let ids = request.ids;
+            let _entered = request_context::enter(Some(request));
+            let client = tracing::info_span!("HTTP client request");
             let mut headers = HeaderMap::new();
             inject(&client, &mut headers);
             assert_eq!(
                 headers.get(TRACEPARENT).expect("a traceparent"),
                 ids.traceparent().expect("header").as_bytes()
             );
-            // A span outside any request has no trace to pass on.
+        });
+        without_an_otel_layer(|| {
+            // Outside any request there is no trace to pass on.
             let mut headers = HeaderMap::new();
             inject(&tracing::info_span!("background"), &mut headers);
             assert!(headers.get(TRACEPARENT).is_none());
         });
-    }
-
-    #[test]
-    fn a_span_filtered_out_gets_no_ids() {
-        assert!(SpanIds::for_request(&tracing::Span::none(), None).is_none());
     }
 
     #[test]

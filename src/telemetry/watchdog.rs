@@ -21,24 +21,13 @@ use std::time::{Duration, Instant};
 use tokio::runtime::TaskMeta;
 
 use super::metric_names::{STALL_DURATION, STALLS, STALLS_IN_PROGRESS};
+use super::request_context::RequestContext;
 
 /// Label values used for polls that belong to no HTTP request (background tasks).
 pub const NON_REQUEST_ROUTE: &str = "task";
 pub const NON_REQUEST_VARIANT: &str = "none";
 
-/// Which request a poll belongs to; set by the route layer, read by the watchdog.
-pub struct RequestTag {
-    pub route: &'static str,
-    pub variant: &'static str,
-    pub request_id: String,
-    /// The request's trace id, when it has one.
-    pub trace_id: Option<opentelemetry::trace::TraceId>,
-    /// Called once when the watchdog reports a stall of this request (the trace layer uses it
-    /// to put an event on the request's span).
-    pub on_stall: Option<StallCallback>,
-}
-
-/// See [`RequestTag::on_stall`].
+/// See [`RequestContext::on_stall`].
 pub type StallCallback = Box<dyn Fn(&StallReport) + Send + Sync>;
 
 /// What the watchdog knows about a stall it just found.
@@ -58,7 +47,7 @@ struct Slot {
     started_ns: AtomicU64,
     task_id: AtomicU64,
     spawned_at: AtomicPtr<Location<'static>>,
-    request: Mutex<Option<Arc<RequestTag>>>,
+    request: Mutex<Option<Arc<RequestContext>>>,
     /// The `seq` of the poll the watchdog reported, 0 if none; the lock orders the report
     /// against the poll's end so "in progress" never goes negative or leaks.
     reported_seq: Mutex<u64>,
@@ -188,7 +177,7 @@ impl Watchdog {
                 route,
                 variant,
                 request_id = request.as_ref().map(|r| r.request_id.as_str()).unwrap_or(""),
-                trace_id = %TraceIdField(request.as_ref().and_then(|r| r.trace_id)),
+                trace_id = %TraceIdField(request.as_ref().map(|r| r.ids.trace_id)),
                 elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                 "stall ended"
             );
@@ -196,7 +185,7 @@ impl Watchdog {
     }
 
     /// Route layer: the poll running on this thread belongs to `tag`.
-    pub fn tag_current_poll(self: &Arc<Self>, tag: &Arc<RequestTag>) {
+    pub fn tag_current_poll(self: &Arc<Self>, tag: &Arc<RequestContext>) {
         self.with_slot(|slot| {
             if let Ok(mut request) = slot.request.lock() {
                 *request = Some(Arc::clone(tag));
@@ -259,7 +248,7 @@ impl Watchdog {
                         route,
                         variant,
                         request_id = %tag.request_id,
-                        trace_id = %TraceIdField(tag.trace_id),
+                        trace_id = %tag.ids.trace_id,
                         elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                         "executor stall: a poll of {route} ({variant}) has held worker {} for {} ms and is still running",
                         report.worker,
@@ -334,7 +323,7 @@ impl std::fmt::Display for TraceIdField {
     }
 }
 
-fn labels(request: Option<&RequestTag>) -> (&'static str, &'static str) {
+fn labels(request: Option<&RequestContext>) -> (&'static str, &'static str) {
     request.map_or((NON_REQUEST_ROUTE, NON_REQUEST_VARIANT), |tag| {
         (tag.route, tag.variant)
     })

@@ -1,0 +1,197 @@
+//! Which request the code running on this thread works for, without a `tracing` span per
+//! request.
+//!
+//! A server span costs every request a registry entry, the log layer's formatting of its
+//! fields and its close, whether or not anything is ever logged inside it: on a zero-work
+//! endpoint that was most of the instrumentation's cost (docs/benchmarks.md). So the span is
+//! made only when an exporter will read it, and what logs, the watchdog and outgoing calls
+//! need to know about the request lives here instead: one [`RequestContext`] per request,
+//! made once by the route layer, and a thread-local pointer to it that [`InRequest`] sets for
+//! the length of each poll of the handler (and [`enter`] on threads the work moves to). The
+//! log formatter prints the context where the span's fields used to be; a log line inside a
+//! request reads the same with or without an exporter.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::http::Uri;
+
+use super::trace_context::SpanIds;
+use super::watchdog::{StallCallback, Watchdog};
+
+/// What the logs, the watchdog and outgoing calls know about one request.
+pub struct RequestContext {
+    /// `http.route`: the matched template, or `unmatched`.
+    pub route: &'static str,
+    /// `stallscope.variant`.
+    pub variant: &'static str,
+    /// `http.request.method`, bounded.
+    pub method: &'static str,
+    /// The request's URI (cloning it shares its bytes); logs print its path.
+    pub uri: Uri,
+    pub request_id: String,
+    /// The request's W3C ids: its server span's when one is exported, else made for it.
+    pub ids: SpanIds,
+    /// Called once when the watchdog reports a stall of this request (it puts an event on the
+    /// exported server span).
+    pub on_stall: Option<StallCallback>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<RequestContext>>> = const { RefCell::new(None) };
+}
+
+/// The request this thread works for right now, if any.
+pub fn current() -> Option<Arc<RequestContext>> {
+    CURRENT
+        .try_with(|current| current.try_borrow().ok().and_then(|c| c.clone()))
+        .ok()
+        .flatten()
+}
+
+/// Runs `f` with the request this thread works for, if any.
+pub fn with_current<R>(f: impl FnOnce(Option<&RequestContext>) -> R) -> R {
+    f(current().as_deref())
+}
+
+/// Makes `context` this thread's request until the guard drops; the previous one comes back
+/// then. For work that leaves the request's task: blocking-pool jobs, rayon jobs.
+pub fn enter(context: Option<Arc<RequestContext>>) -> Entered {
+    let previous = CURRENT
+        .try_with(|current| {
+            current
+                .try_borrow_mut()
+                .ok()
+                .map(|mut c| std::mem::replace(&mut *c, context))
+        })
+        .ok()
+        .flatten();
+    Entered { previous }
+}
+
+/// See [`enter`].
+#[must_use = "the request context is left when this guard drops"]
+pub struct Entered {
+    /// `Some(previous)`; `None` if entering failed (thread-local gone or in use), then
+    /// there is nothing to restore.
+    previous: Option<Option<Arc<RequestContext>>>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            let _ = CURRENT.try_with(|current| {
+                if let Ok(mut current) = current.try_borrow_mut() {
+                    *current = previous;
+                }
+            });
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's handler future: every poll runs with the request as this thread's
+    /// [`current`] one, and tells the watchdog (when there is one) which request the poll
+    /// belongs to.
+    pub struct InRequest<'a, F> {
+        #[pin]
+        inner: F,
+        context: Arc<RequestContext>,
+        watchdog: Option<&'a Arc<Watchdog>>,
+    }
+}
+
+impl<'a, F> InRequest<'a, F> {
+    pub fn new(
+        inner: F,
+        context: Arc<RequestContext>,
+        watchdog: Option<&'a Arc<Watchdog>>,
+    ) -> Self {
+        Self {
+            inner,
+            context,
+            watchdog,
+        }
+    }
+}
+
+impl<F: Future> Future for InRequest<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if let Some(watchdog) = this.watchdog {
+            watchdog.tag_current_poll(this.context);
+        }
+        let _entered = enter(Some(Arc::clone(this.context)));
+        this.inner.poll(cx)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanId, TraceId};
+
+    pub(crate) fn sample(request_id: &str) -> Arc<RequestContext> {
+        Arc::new(RequestContext {
+            route: "/sleep/{variant}",
+            variant: "blocking",
+            method: "GET",
+            uri: Uri::from_static("/sleep/blocking?ms=5"),
+            request_id: request_id.into(),
+            ids: SpanIds {
+                trace_id: TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("id"),
+                span_id: SpanId::from_hex("00f067aa0ba902b7").expect("id"),
+                sampled: false,
+            },
+            on_stall: None,
+        })
+    }
+
+    fn current_id() -> Option<String> {
+        with_current(|c| c.map(|c| c.request_id.clone()))
+    }
+
+    #[test]
+    fn entering_nests_and_restores() {
+        assert_eq!(current_id(), None);
+        {
+            let _outer = enter(Some(sample("outer")));
+            assert_eq!(current_id().as_deref(), Some("outer"));
+            {
+                let _inner = enter(Some(sample("inner")));
+                assert_eq!(current_id().as_deref(), Some("inner"));
+                let _none = enter(None);
+                assert_eq!(current_id(), None);
+            }
+            assert_eq!(current_id().as_deref(), Some("outer"));
+            assert!(current().is_some_and(|c| c.request_id == "outer"));
+        }
+        assert_eq!(current_id(), None);
+    }
+
+    #[tokio::test]
+    async fn the_context_is_set_during_each_poll_only() {
+        let context = sample("polled");
+        let seen = InRequest::new(
+            async {
+                let first = current_id();
+                tokio::task::yield_now().await;
+                (first, current_id())
+            },
+            context,
+            None,
+        )
+        .await;
+        assert_eq!(
+            seen,
+            (Some("polled".into()), Some("polled".into())),
+            "both polls"
+        );
+        assert_eq!(current_id(), None, "not after the poll");
+    }
+}
