@@ -29,21 +29,26 @@ pin_project_lite::pin_project! {
     pub struct Measured<F> {
         #[pin]
         inner: F,
-        clock: Arc<WakeClock>,
-        waker: Waker,
+        // `None`: not measuring (nothing will read the statistics).
+        clock: Option<(Arc<WakeClock>, Waker)>,
         stats: PollStats,
     }
 }
 
 impl<F: Future> Measured<F> {
-    pub fn new(inner: F) -> Self {
-        let clock = Arc::new(WakeClock {
-            woken_at_ns: AtomicU64::new(0),
-            inner: AtomicWaker::new(),
+    /// Measures `inner` when `measure` is set; otherwise polls it untouched (no clock reads,
+    /// no wrapped waker) and resolves to empty statistics.
+    pub fn new(inner: F, measure: bool) -> Self {
+        let clock = measure.then(|| {
+            let clock = Arc::new(WakeClock {
+                woken_at_ns: AtomicU64::new(0),
+                inner: AtomicWaker::new(),
+            });
+            let waker = Waker::from(Arc::clone(&clock));
+            (clock, waker)
         });
         Self {
             inner,
-            waker: Waker::from(Arc::clone(&clock)),
             clock,
             stats: PollStats::default(),
         }
@@ -55,10 +60,13 @@ impl<F: Future> Future for Measured<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let Some((clock, waker)) = this.clock else {
+            return this.inner.poll(cx).map(|output| (output, *this.stats));
+        };
         let started = Instant::now();
-        let woken = this.clock.woken_at_ns.swap(0, Ordering::AcqRel);
-        this.clock.inner.register(cx.waker());
-        let result = this.inner.poll(&mut Context::from_waker(this.waker));
+        let woken = clock.woken_at_ns.swap(0, Ordering::AcqRel);
+        clock.inner.register(cx.waker());
+        let result = this.inner.poll(&mut Context::from_waker(waker));
         let took = started.elapsed();
         let stats = this.stats;
         stats.polls += 1;
@@ -105,12 +113,14 @@ mod tests {
 
     #[tokio::test]
     async fn counts_polls_and_finds_the_longest() {
-        let ((), stats) = Measured::new(async {
+        let work = || async {
             tokio::time::sleep(Duration::from_millis(5)).await;
             std::thread::sleep(Duration::from_millis(30));
             tokio::task::yield_now().await;
-        })
-        .await;
+        };
+        let ((), unmeasured) = Measured::new(work(), false).await;
+        assert_eq!(unmeasured.polls, 0, "not measured: {unmeasured:?}");
+        let ((), stats) = Measured::new(work(), true).await;
         assert_eq!(stats.polls, 3, "{stats:?}");
         assert!(stats.longest >= Duration::from_millis(30), "{stats:?}");
         assert!(stats.longest < Duration::from_millis(200), "{stats:?}");

@@ -63,8 +63,9 @@ pub async fn observe(
         Arc::clone(&context),
         Some(&telemetry.watchdog),
     );
-    let monitored =
-        tokio_metrics::TaskMonitor::instrument(&instruments.monitor, Measured::new(handler));
+    // Poll statistics go on a sampled span only: nothing else reads them.
+    let measured = Measured::new(handler, context.ids.sampled);
+    let monitored = tokio_metrics::TaskMonitor::instrument(&instruments.monitor, measured);
     let (mut response, stats) = match &span {
         Some(span) => monitored.instrument(span.clone()).await,
         None => monitored.await,
@@ -230,11 +231,10 @@ pub async fn trace_only(request: Request, next: Next) -> Response {
     let method = method_label(request.method());
     let name = span_name(method, route);
     let (context, span) = begin_request(&request, &name, route, NO_VARIANT, method);
-    let handler = Measured::new(InRequest::new(
-        next.run(request),
-        Arc::clone(&context),
-        None,
-    ));
+    let handler = Measured::new(
+        InRequest::new(next.run(request), Arc::clone(&context), None),
+        context.ids.sampled,
+    );
     let (mut response, stats) = match &span {
         Some(span) => handler.instrument(span.clone()).await,
         None => handler.await,
