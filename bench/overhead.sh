@@ -44,7 +44,6 @@ closed="http://127.0.0.1:$(port_of)"
 for i in 1 2; do
   run "bare-$i" --no-instrumentation
   run "instrumented-$i"
-  RUST_LOG=off STALLSCOPE_TRACE_FILTER=off run "spanless-$i"
   OTEL_EXPORTER_OTLP_ENDPOINT=$closed run "exporting-$i"
 done
 
@@ -62,12 +61,11 @@ def load(name):
     total_us = (user1 - user0 + sys1 - sys0) / tick / served * 1e6
     return d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p99"] * 1000, user_us, total_us
 rows = {}
-for side in ("bare", "instrumented", "spanless", "exporting"):
+for side in ("bare", "instrumented", "exporting"):
     runs = [load(f"{side}-{i}") for i in (1, 2)]
     rows[side] = tuple(sum(run[k] for run in runs) / 2 for k in range(4))
 ratio = rows["instrumented"][0] / rows["bare"][0]
 exporting = rows["exporting"][0] / rows["bare"][0]
-spanless = rows["spanless"][0] / rows["bare"][0]
 def row(side):
     rps, p99, user_us, total_us = rows[side]
     return f"{rps:,.0f} | {p99:.2f} ms | {user_us:.1f} µs | {total_us:.1f} µs"
@@ -79,12 +77,11 @@ oha `-c {connections}` for {duration} s per run, each side run twice alternately
 | router | requests/s | p99 latency | service CPU per request: user | user + kernel |
 |---|---:|---:|---:|---:|
 | bare (`--no-instrumentation`) | {row('bare')} |
-| instrumented, defaults (route layer, task monitors, HTTP metrics, server spans with trace ids, poll hooks, canary, watchdog) | {row('instrumented')} |
-| instrumented, spans filtered out of logs and traces (`RUST_LOG=off STALLSCOPE_TRACE_FILTER=off`) | {row('spanless')} |
+| instrumented, defaults (route layer: task monitors, HTTP metrics, request context with W3C ids; poll hooks, canary, watchdog) | {row('instrumented')} |
 | instrumented and exporting spans over OTLP | {row('exporting')} |
 
-Instrumented / bare throughput: **{ratio:.3f}** (target ≥ 0.95: {'met' if ratio >= 0.95 else 'NOT met'}); spans filtered out / bare: {spanless:.3f}; exporting spans / bare: {exporting:.3f}.
-The instrumentation's own cost, in service CPU per request over bare (user + kernel): defaults +{rows['instrumented'][3] - rows['bare'][3]:.1f} µs, spans filtered out +{rows['spanless'][3] - rows['bare'][3]:.1f} µs, exporting +{rows['exporting'][3] - rows['bare'][3]:.1f} µs.
+Instrumented / bare throughput: **{ratio:.3f}** (target ≥ 0.95: {'met' if ratio >= 0.95 else 'NOT met'}); exporting spans / bare: {exporting:.3f}.
+The instrumentation's own cost, in service CPU per request over bare (user + kernel): defaults +{rows['instrumented'][3] - rows['bare'][3]:.1f} µs, exporting +{rows['exporting'][3] - rows['bare'][3]:.1f} µs.
 <!-- overhead:end -->"""
 print(table)
 path = "docs/benchmarks.md"

@@ -4,11 +4,13 @@
 //! | layer | filter | on |
 //! |---|---|---|
 //! | logs on stderr (human; JSON with `STALLSCOPE_LOG_FORMAT=json`) | `RUST_LOG` (default `info`) | always |
-//! | OpenTelemetry spans | `STALLSCOPE_TRACE_FILTER` (default `info`) | always (ids for logs and headers); exported only when an OTLP endpoint is set |
+//! | OpenTelemetry spans | `STALLSCOPE_TRACE_FILTER` (default `info`) | only when an OTLP endpoint is set |
 //! | tokio-console | its own (`tokio`/`runtime` targets) | `--console` / `STALLSCOPE_CONSOLE=1` |
 //!
-//! JSON log lines carry `trace_id` and `span_id` of the request they belong to, so a log line,
-//! a trace and a response (`traceparent` header) can be joined.
+//! Log lines name the request they belong to from its [`RequestContext`] (human lines with an
+//! `HTTP request{…}:` prefix, JSON lines with `request_id`, `trace_id`, `span_id`), never from
+//! the server span, which exists only for the exporter; so a log line, a trace and a response
+//! (`traceparent` header) can be joined, and logs read the same with or without an exporter.
 
 use std::collections::BTreeMap;
 use std::fmt;
