@@ -6,14 +6,19 @@
 # every span is built, queued and exported; the endpoint is a closed port, so the export
 # itself fails cheaply and the figure is the request path's share of tracing).
 #
-#   bench/overhead.sh [seconds per run (default 15)] [connections (default 32)]
+#   bench/overhead.sh [seconds per run (default 10)] [connections (default 32)] [rounds (default 5)]
+#
+# Each round runs the three sides back to back; the ratio is taken within each round (so drift
+# between rounds, common on a shared VM, cancels) and the median round is reported, with the
+# spread, so one noisy run cannot decide the outcome.
 #
 # Needs oha (`cargo install oha --locked`). Writes the table to docs/benchmarks.md between the
 # markers, and prints it. Target: instrumented ≥ 0.95 × bare requests/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-duration=${1:-15}
+duration=${1:-10}
 connections=${2:-32}
+rounds=${3:-5}
 # Only the "exporting" runs export; a collector set in the caller's shell would skew the rest.
 unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
 # The service's own defaults, log level included (RUST_LOG unset: info).
@@ -39,17 +44,17 @@ run() { # name, extra flags...
 # The service's user and system CPU time so far, in clock ticks (/proc/PID/stat fields 14, 15).
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
-# Alternate twice so drift (thermal, neighbours) hits every side alike.
+# Alternate so drift (thermal, neighbours) hits every side alike.
 closed="http://127.0.0.1:$(port_of)"
-for i in 1 2; do
+for i in $(seq "$rounds"); do
   run "bare-$i" --no-instrumentation
   run "instrumented-$i"
   OTEL_EXPORTER_OTLP_ENDPOINT=$closed run "exporting-$i"
 done
 
-python3 - "$duration" "$connections" <<'PY'
-import json, sys, datetime, platform, os, re
-duration, connections = sys.argv[1], sys.argv[2]
+python3 - "$duration" "$connections" "$rounds" <<'PY'
+import json, sys, datetime, platform, os, re, statistics
+duration, connections, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def load(name):
     d = json.load(open(f"/tmp/stallscope-bench-{name}.json"))
     served = sum(d["statusCodeDistribution"].values())
@@ -60,19 +65,24 @@ def load(name):
     user_us = (user1 - user0) / tick / served * 1e6
     total_us = (user1 - user0 + sys1 - sys0) / tick / served * 1e6
     return d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p99"] * 1000, user_us, total_us
-rows = {}
-for side in ("bare", "instrumented", "exporting"):
-    runs = [load(f"{side}-{i}") for i in (1, 2)]
-    rows[side] = tuple(sum(run[k] for run in runs) / 2 for k in range(4))
-ratio = rows["instrumented"][0] / rows["bare"][0]
-exporting = rows["exporting"][0] / rows["bare"][0]
+runs = {side: [load(f"{side}-{i}") for i in range(1, rounds + 1)]
+         for side in ("bare", "instrumented", "exporting")}
+# Medians per column over the rounds.
+rows = {side: tuple(statistics.median(run[k] for run in side_runs) for k in range(4))
+        for side, side_runs in runs.items()}
+def ratios(side):
+    return sorted(run[0] / bare[0] for run, bare in zip(runs[side], runs["bare"]))
+ratio_runs, exporting_runs = ratios("instrumented"), ratios("exporting")
+ratio, exporting = statistics.median(ratio_runs), statistics.median(exporting_runs)
+spread = ", ".join(f"{r:.2f}" for r in ratio_runs)
 def row(side):
     rps, p99, user_us, total_us = rows[side]
     return f"{rps:,.0f} | {p99:.2f} ms | {user_us:.1f} µs | {total_us:.1f} µs"
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 table = f"""<!-- overhead:start -->
 Measured {datetime.date.today()} on {os.cpu_count()} × {cpu}, release build, `--workers 2`,
-oha `-c {connections}` for {duration} s per run, each side run twice alternately (means shown):
+oha `-c {connections}` for {duration} s per run, {rounds} rounds of the three sides back to back
+(medians shown):
 
 | router | requests/s | p99 latency | service CPU per request: user | user + kernel |
 |---|---:|---:|---:|---:|
@@ -80,7 +90,7 @@ oha `-c {connections}` for {duration} s per run, each side run twice alternately
 | instrumented, defaults (route layer: task monitors, HTTP metrics, request context with W3C ids; poll hooks, canary, watchdog) | {row('instrumented')} |
 | instrumented and exporting spans over OTLP | {row('exporting')} |
 
-Instrumented / bare throughput: **{ratio:.3f}** (target ≥ 0.95: {'met' if ratio >= 0.95 else 'NOT met'}); exporting spans / bare: {exporting:.3f}.
+Instrumented / bare throughput, median of the rounds' ratios: **{ratio:.3f}** (target ≥ 0.95: {'met' if ratio >= 0.95 else 'NOT met'}; rounds: {spread}); exporting spans / bare: {exporting:.3f}.
 The instrumentation's own cost, in service CPU per request over bare (user + kernel): defaults +{rows['instrumented'][3] - rows['bare'][3]:.1f} µs, exporting +{rows['exporting'][3] - rows['bare'][3]:.1f} µs.
 <!-- overhead:end -->"""
 print(table)

@@ -13,9 +13,9 @@ pub(crate) mod variant;
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::http::Uri;
 use axum::routing::get;
-use axum::{Router, middleware};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -94,10 +94,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     let router = if telemetry.enabled() {
-        router.layer(middleware::from_fn_with_state(
-            telemetry,
-            route_layer::observe,
-        ))
+        router.layer(route_layer::ObserveLayer::new(telemetry))
     } else {
         router
     };

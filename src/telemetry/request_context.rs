@@ -96,20 +96,16 @@ pin_project_lite::pin_project! {
     /// A request's handler future: every poll runs with the request as this thread's
     /// [`current`] one, and tells the watchdog (when there is one) which request the poll
     /// belongs to.
-    pub struct InRequest<'a, F> {
+    pub struct InRequest<F> {
         #[pin]
         inner: F,
         context: Arc<RequestContext>,
-        watchdog: Option<&'a Arc<Watchdog>>,
+        watchdog: Option<Arc<Watchdog>>,
     }
 }
 
-impl<'a, F> InRequest<'a, F> {
-    pub fn new(
-        inner: F,
-        context: Arc<RequestContext>,
-        watchdog: Option<&'a Arc<Watchdog>>,
-    ) -> Self {
+impl<F> InRequest<F> {
+    pub fn new(inner: F, context: Arc<RequestContext>, watchdog: Option<Arc<Watchdog>>) -> Self {
         Self {
             inner,
             context,
@@ -118,7 +114,7 @@ impl<'a, F> InRequest<'a, F> {
     }
 }
 
-impl<F: Future> Future for InRequest<'_, F> {
+impl<F: Future> Future for InRequest<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {

@@ -4,20 +4,26 @@
 //! metrics of the OpenTelemetry semantic conventions. Handlers know nothing of it.
 
 use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use metrics::Gauge;
 use opentelemetry::KeyValue;
+use tower::{Layer, Service};
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Telemetry;
-use super::http_metrics::RouteKey;
+use super::http_metrics::{RouteInstruments, RouteKey};
 use super::poll_stats::{Measured, PollStats};
 use super::request_context::{InRequest, RequestContext};
 use super::trace_context::{self, SpanIds};
@@ -34,48 +40,142 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 pub const NO_VARIANT: &str = "none";
 pub const INVALID_VARIANT: &str = "invalid";
 
-/// axum middleware (`from_fn_with_state`): see the module docs.
-pub async fn observe(
-    State(telemetry): State<Arc<Telemetry>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED_ROUTE, |m| intern(m.as_str()));
-    let variant = variant_label(route, request.uri().path());
-    let method = method_label(request.method());
-    let instruments = telemetry.http.get(
-        RouteKey {
-            route,
-            variant,
-            method,
-        },
-        &telemetry.tasks,
-    );
-    let (context, span) = begin_request(&request, &instruments.span_name, route, variant, method);
+/// The route layer, as a tower [`Layer`] (`Router::layer`): see the module docs.
+///
+/// Hand-written rather than `axum::middleware::from_fn`, which boxes every request's future
+/// and clones the inner service per request: on a zero-work endpoint those two allocations
+/// and the copy of a large future into the box were a good part of the layer's cost.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    telemetry: Arc<Telemetry>,
+}
 
-    instruments.active.increment(1.0);
-    let handler = InRequest::new(
-        next.run(request),
-        Arc::clone(&context),
-        Some(&telemetry.watchdog),
-    );
-    // Poll statistics go on a sampled span only: nothing else reads them.
-    let measured = Measured::new(handler, context.ids.sampled);
-    let monitored = tokio_metrics::TaskMonitor::instrument(&instruments.monitor, measured);
-    let (mut response, stats) = match &span {
-        Some(span) => monitored.instrument(span.clone()).await,
-        None => monitored.await,
-    };
-    instruments.active.decrement(1.0);
+impl ObserveLayer {
+    pub fn new(telemetry: Arc<Telemetry>) -> Self {
+        Self { telemetry }
+    }
+}
 
-    let status = response.status();
-    instruments.record_duration(status.as_u16(), started.elapsed().as_secs_f64());
-    finish_request(span.as_ref(), &context, &mut response, &stats);
-    response
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            telemetry: Arc::clone(&self.telemetry),
+        }
+    }
+}
+
+/// The service [`ObserveLayer`] wraps each route in.
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    telemetry: Arc<Telemetry>,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ObservedResponse<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(UNMATCHED_ROUTE, |m| intern(m.as_str()));
+        let variant = variant_label(route, request.uri().path());
+        let method = method_label(request.method());
+        let telemetry = &self.telemetry;
+        let instruments = telemetry.http.get(
+            RouteKey {
+                route,
+                variant,
+                method,
+            },
+            &telemetry.tasks,
+        );
+        let (context, span) =
+            begin_request(&request, &instruments.span_name, route, variant, method);
+        let active = InFlight::enter(&instruments);
+        let handler = InRequest::new(
+            self.inner.call(request),
+            Arc::clone(&context),
+            Some(Arc::clone(&telemetry.watchdog)),
+        );
+        // Poll statistics go on a sampled span only: nothing else reads them.
+        let measured = Measured::new(handler, context.ids.sampled);
+        ObservedResponse {
+            inner: tokio_metrics::TaskMonitor::instrument(&instruments.monitor, measured),
+            span,
+            context,
+            started,
+            active: Some(active),
+            instruments,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request on its way through [`Observe`]: the handler's future, monitored by its
+    /// variant's task monitor, tagged for the watchdog, inside the server span when there
+    /// is one; the response gets the request's ids and its duration is recorded.
+    pub struct ObservedResponse<F> {
+        #[pin]
+        inner: tokio_metrics::Instrumented<Measured<InRequest<F>>>,
+        span: Option<Span>,
+        context: Arc<RequestContext>,
+        started: Instant,
+        active: Option<InFlight>,
+        instruments: Arc<RouteInstruments>,
+    }
+}
+
+impl<F> Future for ObservedResponse<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _in_span = this.span.as_ref().map(Span::enter);
+        let (result, stats) = std::task::ready!(this.inner.poll(cx));
+        let Ok(mut response) = result;
+        // Ends the request in `http.server.active_requests`; a request dropped before it
+        // got here (the client went away) ends there when the future is dropped.
+        this.active.take();
+        let status = response.status();
+        this.instruments
+            .record_duration(status.as_u16(), this.started.elapsed().as_secs_f64());
+        finish_request(this.span.as_ref(), this.context, &mut response, &stats);
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// Counts one request in `http.server.active_requests` until dropped, however its future
+/// ends: finished, or dropped mid-way because the client hung up.
+pub struct InFlight(Gauge);
+
+impl InFlight {
+    fn enter(instruments: &RouteInstruments) -> Self {
+        instruments.active.increment(1.0);
+        Self(instruments.active.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// A request's [`RequestContext`], and its server span when an exporter will read one.
@@ -367,6 +467,57 @@ mod tests {
         }
         assert_eq!(generated_request_id(0x1_0000_0000), "req-0100000000");
         assert_eq!(generated_request_id(u64::MAX), "req-ffffffffffffffff");
+    }
+
+    /// `http_server_active_requests` of `route`, from the service's `/metrics` document.
+    fn active_requests(telemetry: &Telemetry, route: &str) -> Option<f64> {
+        let label = format!("http_route=\"{route}\"");
+        telemetry
+            .render()
+            .lines()
+            .find(|line| line.starts_with("http_server_active_requests{") && line.contains(&label))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// A client that hangs up drops its request's future mid-way: the request must still
+    /// leave `http.server.active_requests`, or the gauge creeps up with every timeout.
+    #[tokio::test]
+    async fn a_request_dropped_midway_leaves_the_active_requests_gauge() {
+        use axum::body::Body;
+        use std::time::Duration;
+        use tower::ServiceExt;
+        const ROUTE: &str = "/test/dropped-midway";
+        let telemetry = Telemetry::new(&crate::config::ServeArgs::defaults().telemetry);
+        let app = axum::Router::new()
+            .route(
+                ROUTE,
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "too late"
+                }),
+            )
+            .layer(ObserveLayer::new(Arc::clone(&telemetry)));
+        let request = Request::builder()
+            .uri(ROUTE)
+            .body(Body::empty())
+            .expect("request");
+        let in_flight = tokio::spawn(app.oneshot(request));
+        let mut seen = None;
+        for _ in 0..100 {
+            seen = active_requests(&telemetry, ROUTE);
+            if seen == Some(1.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen, Some(1.0), "counted while it runs");
+        in_flight.abort();
+        assert!(in_flight.await.is_err_and(|err| err.is_cancelled()));
+        assert_eq!(
+            active_requests(&telemetry, ROUTE),
+            Some(0.0),
+            "and not after"
+        );
     }
 
     #[test]
