@@ -6,7 +6,7 @@
 # every span is built, queued and exported; the endpoint is a closed port, so the export
 # itself fails cheaply and the figure is the request path's share of tracing).
 #
-#   bench/overhead.sh [seconds per run (default 10)] [connections (default 32)] [rounds (default 5)]
+#   bench/overhead.sh [seconds per run (default 10)] [connections (default 32)] [rounds (default 7)]
 #
 # Each round runs the three sides back to back; the ratio is taken within each round (so drift
 # between rounds, common on a shared VM, cancels) and the median round is reported, with the
@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10}
 connections=${2:-32}
-rounds=${3:-5}
+rounds=${3:-7}
 # Only the "exporting" runs export; a collector set in the caller's shell would skew the rest.
 unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
 # The service's own defaults, log level included (RUST_LOG unset: info).
