@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
         let tag = Arc::new(RequestContext {
             route: "/bench",
             variant: "blocking",
-            request_id: format!("bench-{i}"),
+            request_id: axum::http::HeaderValue::try_from(format!("bench-{i}"))?,
             method: "GET",
             uri: axum::http::Uri::from_static("/bench"),
             ids: SpanIds::for_request(None, None),

@@ -348,7 +348,7 @@ fn watchdog_reports_a_request_stall_while_it_runs() {
     let tag = Arc::new(RequestContext {
         route: "/test/{variant}",
         variant: "blocking",
-        request_id: "t-1".into(),
+        request_id: axum::http::HeaderValue::from_static("t-1"),
         method: "GET",
         uri: axum::http::Uri::from_static("/test/blocking"),
         ids: SpanIds::for_request(None, None),

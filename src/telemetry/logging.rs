@@ -450,7 +450,7 @@ fn write_request_prefix(
         ("http.route", request.route, true),
         ("url.path", path, true),
         ("stallscope.variant", request.variant, true),
-        ("stallscope.request_id", &request.request_id, true),
+        ("stallscope.request_id", request.request_id(), true),
         ("trace_id", &trace_id, false),
     ];
     write!(writer, "{}{}", bold.paint(SERVER_SPAN), bold.paint("{"))?;
@@ -546,7 +546,7 @@ where
             }
             if let Some(request) = request {
                 line.entry("request_id")
-                    .or_insert_with(|| Value::String(request.request_id.clone()));
+                    .or_insert_with(|| Value::String(request.request_id().to_owned()));
                 line.entry("trace_id")
                     .or_insert_with(|| Value::String(request.ids.trace_id.to_string()));
                 line.entry("span_id")

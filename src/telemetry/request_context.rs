@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::http::Uri;
+use axum::http::{HeaderValue, Uri};
 
 use super::trace_context::SpanIds;
 use super::watchdog::{StallCallback, Watchdog};
@@ -32,12 +32,22 @@ pub struct RequestContext {
     pub method: &'static str,
     /// The request's URI (cloning it shares its bytes); logs print its path.
     pub uri: Uri,
-    pub request_id: String,
+    /// `x-request-id`: the client's, or one made for the request. Kept as the header value
+    /// the response carries, so a client's id is shared, not copied; printable ASCII (see
+    /// [`RequestContext::request_id`]).
+    pub request_id: HeaderValue,
     /// The request's W3C ids: its server span's when one is exported, else made for it.
     pub ids: SpanIds,
     /// Called once when the watchdog reports a stall of this request (it puts an event on the
     /// exported server span).
     pub on_stall: Option<StallCallback>,
+}
+
+impl RequestContext {
+    /// The request id as text (the route layer only ever stores printable ASCII).
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("")
+    }
 }
 
 thread_local! {
@@ -138,7 +148,7 @@ pub(crate) mod tests {
             variant: "blocking",
             method: "GET",
             uri: Uri::from_static("/sleep/blocking?ms=5"),
-            request_id: request_id.into(),
+            request_id: HeaderValue::from_str(request_id).expect("a printable request id"),
             ids: SpanIds {
                 trace_id: TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("id"),
                 span_id: SpanId::from_hex("00f067aa0ba902b7").expect("id"),
@@ -149,7 +159,7 @@ pub(crate) mod tests {
     }
 
     fn current_id() -> Option<String> {
-        with_current(|c| c.map(|c| c.request_id.clone()))
+        with_current(|c| c.map(|c| c.request_id().to_owned()))
     }
 
     #[test]
@@ -165,7 +175,7 @@ pub(crate) mod tests {
                 assert_eq!(current_id(), None);
             }
             assert_eq!(current_id().as_deref(), Some("outer"));
-            assert!(current().is_some_and(|c| c.request_id == "outer"));
+            assert!(current().is_some_and(|c| c.request_id() == "outer"));
         }
         assert_eq!(current_id(), None);
     }

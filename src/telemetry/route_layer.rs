@@ -205,7 +205,7 @@ pub fn begin_request(
         url.scheme = "http",
         network.protocol.version = protocol_version(request.version()),
         stallscope.variant = variant,
-        stallscope.request_id = request_id.as_str(),
+        stallscope.request_id = request_id.to_str().unwrap_or(""),
         stallscope.poll.count = tracing::field::Empty,
         stallscope.poll.longest_ms = tracing::field::Empty,
         stallscope.poll.busy_ms = tracing::field::Empty,
@@ -248,9 +248,7 @@ fn finish_request(
         record_outcome(span, context.ids, response.status(), stats);
     }
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&context.request_id) {
-        headers.insert(REQUEST_ID, value);
-    }
+    headers.insert(REQUEST_ID, context.request_id.clone());
     if let Some(traceparent) = context.ids.traceparent() {
         headers.insert(trace_context::TRACEPARENT, traceparent);
     }
@@ -416,30 +414,32 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// The client's `x-request-id` when it is short printable ASCII, else a new one.
-fn request_id(request: &Request) -> String {
+/// The client's `x-request-id` when it is short printable ASCII (shared with the request, not
+/// copied), else a new one.
+fn request_id(request: &Request) -> HeaderValue {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     request
         .headers()
         .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(
-            || generated_request_id(NEXT.fetch_add(1, Ordering::Relaxed)),
-            str::to_owned,
-        )
+        .filter(|id| {
+            let id = id.as_bytes();
+            !id.is_empty() && id.len() <= 64 && id.iter().all(u8::is_ascii_graphic)
+        })
+        .cloned()
+        .unwrap_or_else(|| generated_request_id(NEXT.fetch_add(1, Ordering::Relaxed)))
 }
 
 /// `req-` and at least eight hex digits of `n` (`format!("req-{n:08x}")` for the first four
 /// billion, without the formatting machinery: it runs for every request).
-fn generated_request_id(n: u64) -> String {
+fn generated_request_id(n: u64) -> HeaderValue {
     let bytes = n.to_be_bytes();
     // Leading zero bytes go, but never the last four: eight digits at least.
     let skip = bytes[..4].iter().take_while(|&&b| b == 0).count();
     let mut id = String::with_capacity(4 + 2 * (bytes.len() - skip));
     id.push_str("req-");
     trace_context::push_hex(&mut id, &bytes[skip..]);
-    id
+    // Hex digits and `req-` are always a valid header value.
+    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("req-invalid"))
 }
 
 #[cfg(test)]
@@ -463,7 +463,7 @@ mod tests {
     #[test]
     fn generated_request_ids_are_eight_hex_digits_or_more() {
         for n in [0, 1, 0xab, 0xdead_beef, 0xffff_ffff] {
-            assert_eq!(generated_request_id(n), format!("req-{n:08x}"));
+            assert_eq!(generated_request_id(n), format!("req-{n:08x}").as_str());
         }
         assert_eq!(generated_request_id(0x1_0000_0000), "req-0100000000");
         assert_eq!(generated_request_id(u64::MAX), "req-ffffffffffffffff");

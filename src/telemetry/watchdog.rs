@@ -176,7 +176,7 @@ impl Watchdog {
                 worker = %slot.worker,
                 route,
                 variant,
-                request_id = request.as_ref().map(|r| r.request_id.as_str()).unwrap_or(""),
+                request_id = request.as_ref().map_or("", |r| r.request_id()),
                 trace_id = %TraceIdField(request.as_ref().map(|r| r.ids.trace_id)),
                 elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                 "stall ended"
@@ -247,7 +247,7 @@ impl Watchdog {
                         worker = %report.worker,
                         route,
                         variant,
-                        request_id = %tag.request_id,
+                        request_id = %tag.request_id(),
                         trace_id = %tag.ids.trace_id,
                         elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                         "executor stall: a poll of {route} ({variant}) has held worker {} for {} ms and is still running",
