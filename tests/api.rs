@@ -392,3 +392,71 @@ async fn openapi_describes_every_lesson_and_docs_are_served_offline() {
     .await;
     assert!(String::from_utf8_lossy(&body).contains("/openapi.json"));
 }
+
+/// Every response names its request: the client's `x-request-id` when it is a short printable
+/// token (echoed as sent), a new `req-…` id otherwise; and a `traceparent` naming the trace,
+/// the caller's when the request carried one.
+#[tokio::test]
+async fn responses_carry_the_request_id_and_traceparent() {
+    let app = test_app();
+    let send = |id: Option<&str>, traceparent: Option<&str>| {
+        let mut request = Request::builder().uri("/hello");
+        if let Some(id) = id {
+            request = request.header("x-request-id", id);
+        }
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let request = request.body(Body::empty()).expect("request");
+        let router = app.router();
+        async move {
+            let response = router.oneshot(request).await.expect("infallible");
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            (header("x-request-id"), header("traceparent"))
+        }
+    };
+    let generated = |id: &Option<String>| {
+        id.as_deref().is_some_and(|id| {
+            id.strip_prefix("req-")
+                .is_some_and(|hex| hex.len() >= 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+    };
+
+    let (id, traceparent) = send(Some("k6-vu3-iter42"), None).await;
+    assert_eq!(id.as_deref(), Some("k6-vu3-iter42"), "echoed as sent");
+    let traceparent = traceparent.expect("a traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!((parts[0], parts[1].len(), parts[2].len()), ("00", 32, 16));
+
+    let (first, _) = send(None, None).await;
+    let (second, _) = send(None, None).await;
+    assert!(
+        generated(&first) && generated(&second),
+        "{first:?} {second:?}"
+    );
+    assert_ne!(first, second, "each request its own id");
+
+    for unusable in ["has space", &"x".repeat(65)] {
+        let (id, _) = send(Some(unusable), None).await;
+        assert!(generated(&id), "{unusable:?} replaced, got {id:?}");
+    }
+
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (_, traceparent) = send(None, Some(caller)).await;
+    let traceparent = traceparent.expect("a traceparent");
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "joins the caller's trace: {traceparent}"
+    );
+    assert!(
+        !traceparent.contains("00f067aa0ba902b7"),
+        "with a span of its own"
+    );
+}

@@ -2,16 +2,25 @@
 //! responses.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// W3C trace context is the one format stallscope speaks, so it is used directly rather than
+/// through OpenTelemetry's global propagator (a no-op until something installs one: an app built
+/// in a test, without `logging::init`, would silently ignore callers' traces).
+fn w3c() -> TraceContextPropagator {
+    TraceContextPropagator::new()
+}
+
 /// The caller's trace context, if its headers carry one.
 pub fn extract(headers: &HeaderMap) -> opentelemetry::Context {
-    opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+    w3c().extract(&HeaderExtractor(headers))
 }
 
 /// Writes `span`'s context into outgoing `headers` (`traceparent`, `tracestate`). Without
@@ -20,9 +29,7 @@ pub fn extract(headers: &HeaderMap) -> opentelemetry::Context {
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     let context = span.context();
     if context.span().span_context().is_valid() {
-        opentelemetry::global::get_text_map_propagator(|p| {
-            p.inject_context(&context, &mut HeaderInjector(headers));
-        });
+        w3c().inject_context(&context, &mut HeaderInjector(headers));
     } else if let Some(traceparent) =
         super::request_context::with_current(|request| request.and_then(|r| r.ids.traceparent()))
     {
@@ -137,9 +144,6 @@ mod tests {
 
     #[test]
     fn without_an_otel_layer_requests_get_ids_and_join_the_callers_trace() {
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
         without_an_otel_layer(|| {
             let span = tracing::info_span!("HTTP request");
             for span in [Some(&span), None] {
