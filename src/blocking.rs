@@ -31,13 +31,11 @@ where
         stallscope.blocking.queue_wait_ms = tracing::field::Empty,
         stallscope.blocking.run_ms = tracing::field::Empty,
     );
-    // The blocking thread knows nothing of the request: its logs name it through this.
-    let request = request_context::current();
-    tokio::task::spawn_blocking(move || {
+    // The blocking thread knows nothing of the request: carry it over.
+    tokio::task::spawn_blocking(request_context::carried(move || {
         // Moved in here so the gauge drops when the job ends, even if the awaiting request
         // was cancelled long before.
         let _in_flight = in_flight;
-        let _request = request_context::enter(request);
         let _entered = span.enter();
         let waited = submitted.elapsed();
         metrics::histogram!(BLOCKING_QUEUE_WAIT, "call_site" => call_site)
@@ -52,7 +50,7 @@ where
         metrics::histogram!(BLOCKING_RUN, "call_site" => call_site).record(ran.as_secs_f64());
         span.record("stallscope.blocking.run_ms", ran.as_secs_f64() * 1000.0);
         output
-    })
+    }))
     .await
     .map_err(|err| AppError::Internal(format!("{call_site}: blocking task failed: {err}")))
 }

@@ -117,16 +117,12 @@ async fn hash_on_blocking_pool(iterations: u64) -> Result<WorkDone, AppError> {
 /// (bounded CPU use) while the async handler awaits a oneshot and its worker stays free.
 async fn hash_on_rayon(pool: &rayon::ThreadPool, iterations: u64) -> Result<WorkDone, AppError> {
     let (tx, rx) = oneshot::channel();
-    // rayon threads know nothing of the request: carry its span (the work shows up inside the
-    // request's trace) and its context (logs name the request) over.
-    let span = tracing::Span::current();
-    let request = request_context::current();
-    pool.spawn(move || {
-        let _request = request_context::enter(request);
-        let _entered = span.enter();
+    // rayon threads know nothing of the request: carry it over, so the work shows up in the
+    // request's trace and logs.
+    pool.spawn(request_context::carried(move || {
         // The receiver is gone only if the client hung up; nothing to do then.
         let _ = tx.send(hash_and_report(iterations));
-    });
+    }));
     rx.await
         .map_err(|_| AppError::Internal("the rayon task ended without an answer".into()))
 }

@@ -35,8 +35,13 @@ pub struct HttpMetrics {
 /// FNV-1a: the keys are a few short, trusted strings (bounded labels, never raw client input),
 /// so the default SipHash's protection against crafted collisions buys nothing here, and it
 /// ran for every request.
-#[derive(Default)]
 pub struct LabelHasher(u64);
+
+impl Default for LabelHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325) // FNV-1a's offset basis
+    }
+}
 
 impl Hasher for LabelHasher {
     fn finish(&self) -> u64 {
@@ -44,11 +49,7 @@ impl Hasher for LabelHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
         const PRIME: u64 = 0x0000_0100_0000_01b3;
-        if self.0 == 0 {
-            self.0 = OFFSET;
-        }
         for &byte in bytes {
             self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(PRIME);
         }

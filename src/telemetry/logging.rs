@@ -18,7 +18,6 @@ use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -93,10 +92,8 @@ impl TracingGuard {
     }
 }
 
-/// Installs the global subscriber and the W3C trace-context propagator. Call once, first.
+/// Installs the global subscriber. Call once, first.
 pub fn init(options: &TracingOptions) -> TracingGuard {
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(options.default_service_name);
@@ -233,12 +230,13 @@ fn is_server_span(meta: &tracing::Metadata<'_>) -> bool {
     meta.is_span() && meta.name() == SERVER_SPAN && meta.target().ends_with("::route_layer")
 }
 
-/// How the log layer formats fields. The fmt layer formats a span's fields the moment the span
-/// is created (and again at every `record`), whether or not a line is ever logged inside it,
-/// and the server span of every request carries a dozen attributes that only a trace backend
-/// reads. Human logs keep what helps a reader (method, route, path, variant, request and
-/// trace id) and skip the rest; JSON logs print only the trace and span ids of the enclosing
-/// span (see [`JsonWithTraceIds`]), so there span fields are not formatted at all. The fmt
+/// How the log layer formats the fields of the spans it sees (child spans inside a request:
+/// blocking-pool jobs, queries, outgoing calls; the server span never reaches it). The fmt
+/// layer formats a span's fields the moment the span is created (and again at every
+/// `record`), whether or not a line is ever logged inside it, and those spans carry
+/// attributes only a trace backend reads (`otel.*`, `network.*`, …). Human logs keep what helps
+/// a reader and skip the rest; JSON logs print only the request's ids (see
+/// [`JsonWithTraceIds`]), so there span fields are not formatted at all. The fmt
 /// layer formats events' fields with the same formatter, so an event field with a trace-only
 /// name is left out too (no event of stallscope's uses one).
 struct SpanFieldsForLogs {
@@ -283,9 +281,9 @@ impl<'writer> FormatFields<'writer> for SpanFieldsForLogs {
 ///
 /// A plain string field (a route, a variant, an id) it writes itself: the default formatter
 /// escapes every string character by character through `{:?}` and paints every name through
-/// an ANSI styler even with colours off, and the request's span formats a handful of them for
-/// every request — 3.6 % of the service's CPU on a zero-work endpoint. Anything else goes to
-/// the default formatter.
+/// an ANSI styler even with colours off (when the request's server span still reached the log
+/// layer, that was 3.6 % of the service's CPU on a zero-work endpoint; now it is every child
+/// span of a request). Anything else goes to the default formatter.
 struct HumanFields<'w> {
     writer: Writer<'w>,
     is_empty: bool,

@@ -82,6 +82,18 @@ pub fn enter(context: Option<Arc<RequestContext>>) -> Entered {
     Entered { previous }
 }
 
+/// `work`, made to run on another thread (blocking pool, rayon) as part of the request this
+/// thread works for now: inside the current span (so it shows in the request's trace) and
+/// with the request as that thread's current one (so its logs name the request).
+pub fn carried<R>(work: impl FnOnce() -> R) -> impl FnOnce() -> R {
+    let span = tracing::Span::current();
+    let request = current();
+    move || {
+        let _request = enter(request);
+        span.in_scope(work)
+    }
+}
+
 /// See [`enter`].
 #[must_use = "the request context is left when this guard drops"]
 pub struct Entered {
@@ -178,6 +190,23 @@ pub(crate) mod tests {
             assert!(current().is_some_and(|c| c.request_id() == "outer"));
         }
         assert_eq!(current_id(), None);
+    }
+
+    #[test]
+    fn carried_work_runs_in_the_request_on_another_thread() {
+        let work = {
+            let _in_request = enter(Some(sample("carried")));
+            carried(current_id)
+        };
+        assert_eq!(current_id(), None);
+        let seen = std::thread::spawn(move || (work(), current_id()))
+            .join()
+            .expect("thread");
+        assert_eq!(
+            seen,
+            (Some("carried".into()), None),
+            "in the request while it runs, not after"
+        );
     }
 
     #[tokio::test]

@@ -16,7 +16,6 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics::Gauge;
 use opentelemetry::KeyValue;
 use tower::{Layer, Service};
 use tracing::{Instrument, Span};
@@ -105,7 +104,7 @@ where
         );
         let (context, span) =
             begin_request(&request, &instruments.span_name, route, variant, method);
-        let active = InFlight::enter(&instruments);
+        let in_flight = InFlight::enter(instruments);
         let handler = InRequest::new(
             self.inner.call(request),
             Arc::clone(&context),
@@ -114,12 +113,11 @@ where
         // Poll statistics go on a sampled span only: nothing else reads them.
         let measured = Measured::new(handler, context.ids.sampled);
         ObservedResponse {
-            inner: tokio_metrics::TaskMonitor::instrument(&instruments.monitor, measured),
+            inner: tokio_metrics::TaskMonitor::instrument(&in_flight.0.monitor, measured),
             span,
             context,
             started,
-            active: Some(active),
-            instruments,
+            in_flight: Some(in_flight),
         }
     }
 }
@@ -134,8 +132,8 @@ pin_project_lite::pin_project! {
         span: Option<Span>,
         context: Arc<RequestContext>,
         started: Instant,
-        active: Option<InFlight>,
-        instruments: Arc<RouteInstruments>,
+        // `None` once the response is out.
+        in_flight: Option<InFlight>,
     }
 }
 
@@ -150,31 +148,33 @@ where
         let _in_span = this.span.as_ref().map(Span::enter);
         let (result, stats) = std::task::ready!(this.inner.poll(cx));
         let Ok(mut response) = result;
-        // Ends the request in `http.server.active_requests`; a request dropped before it
-        // got here (the client went away) ends there when the future is dropped.
-        this.active.take();
-        let status = response.status();
-        this.instruments
-            .record_duration(status.as_u16(), this.started.elapsed().as_secs_f64());
+        // Ends the request in `http.server.active_requests` (dropping it); a request dropped
+        // before it got here (the client went away) ends there when the future is dropped.
+        if let Some(in_flight) = this.in_flight.take() {
+            let seconds = this.started.elapsed().as_secs_f64();
+            in_flight
+                .0
+                .record_duration(response.status().as_u16(), seconds);
+        }
         finish_request(this.span.as_ref(), this.context, &mut response, &stats);
         Poll::Ready(Ok(response))
     }
 }
 
-/// Counts one request in `http.server.active_requests` until dropped, however its future
-/// ends: finished, or dropped mid-way because the client hung up.
-pub struct InFlight(Gauge);
+/// A request's instruments, counting it in `http.server.active_requests` until dropped,
+/// however its future ends: finished, or dropped mid-way because the client hung up.
+pub struct InFlight(Arc<RouteInstruments>);
 
 impl InFlight {
-    fn enter(instruments: &RouteInstruments) -> Self {
+    fn enter(instruments: Arc<RouteInstruments>) -> Self {
         instruments.active.increment(1.0);
-        Self(instruments.active.clone())
+        Self(instruments)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.0.active.decrement(1.0);
     }
 }
 
