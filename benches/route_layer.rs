@@ -1,0 +1,155 @@
+//! What the instrumentation costs per request in user space, without sockets or a load
+//! generator: `GET /hello` sent straight into the real router (`tower::ServiceExt::oneshot`),
+//! bare (`--no-instrumentation`) versus instrumented, on a runtime built like the service's
+//! (task-poll hooks included when instrumented).
+//!
+//! `cargo bench --bench route_layer` drives the router from one task, then from one task per
+//! worker at once (two workers share every label set's instruments, as they do in the
+//! service), alternating the sides over several rounds and printing the median nanoseconds per
+//! request. `bench/overhead.sh` measures the whole service; this isolates the route layer's
+//! share, which is small enough to drown in that benchmark's noise.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use stallscope::config::ServeArgs;
+use stallscope::db::Database;
+use stallscope::telemetry::Telemetry;
+use stallscope::{AppState, app};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+const REQUESTS_PER_TASK: u32 = 200_000;
+const ROUNDS: usize = 7;
+
+struct Side {
+    name: &'static str,
+    runtime: tokio::runtime::Runtime,
+    router: Router,
+    _dir: tempfile::TempDir,
+}
+
+fn side(name: &'static str, instrumented: bool, workers: u16) -> anyhow::Result<Side> {
+    let mut args = ServeArgs::defaults();
+    args.telemetry.no_instrumentation = !instrumented;
+    args.runtime.workers = Some(workers);
+    let dir = tempfile::tempdir()?;
+    args.database.database_url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let telemetry = Telemetry::new(&args.telemetry);
+    let runtime = stallscope::runtime::build(&args.runtime, telemetry.watchdog())?;
+    let _in_runtime = runtime.enter();
+    let db = Database::open(&args.database)?;
+    let state = AppState::new(
+        args.limits,
+        "http://127.0.0.1:9".to_owned(),
+        Duration::from_secs(1),
+        CancellationToken::new(),
+        telemetry,
+        db,
+    )?;
+    drop(_in_runtime);
+    Ok(Side {
+        name,
+        runtime,
+        router: app(state),
+        _dir: dir,
+    })
+}
+
+/// CPU time of every thread of this process so far, in nanoseconds (`/proc/self/task/*/
+/// schedstat`): steadier than wall time on a shared machine, where time stolen by neighbours
+/// counts in wall time but not here.
+fn process_cpu_ns() -> anyhow::Result<u64> {
+    let mut total = 0;
+    for thread in std::fs::read_dir("/proc/self/task")? {
+        // A thread may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(thread?.path().join("schedstat")) else {
+            continue;
+        };
+        total += stat
+            .split_whitespace()
+            .next()
+            .unwrap_or("0")
+            .parse::<u64>()?;
+    }
+    Ok(total)
+}
+
+/// CPU nanoseconds per request, each of `tasks` tasks sending `REQUESTS_PER_TASK` in a loop.
+fn run(side: &Side, tasks: usize) -> anyhow::Result<f64> {
+    let started = process_cpu_ns()?;
+    side.runtime.block_on(async {
+        let mut running = Vec::new();
+        for _ in 0..tasks {
+            let router = side.router.clone();
+            running.push(tokio::spawn(async move {
+                for _ in 0..REQUESTS_PER_TASK {
+                    let request = Request::get("/hello").body(Body::empty())?;
+                    let response = router.clone().oneshot(request).await?;
+                    response.into_body().collect().await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in running {
+            task.await??;
+        }
+        anyhow::Ok(())
+    })?;
+    let requests = f64::from(REQUESTS_PER_TASK) * tasks as f64;
+    Ok((process_cpu_ns()? - started) as f64 / requests)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// `cargo bench --bench route_layer -- [--only bare|instrumented] [tasks …]`: `--only` runs
+/// one side (to profile it alone); tasks default to 1 and 2.
+fn main() -> anyhow::Result<()> {
+    let mut only = None;
+    let mut task_counts = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--only" => only = args.next(),
+            "--bench" => {} // what `cargo bench` passes
+            count => task_counts.push(count.parse::<usize>()?),
+        }
+    }
+    if task_counts.is_empty() {
+        task_counts = vec![1, 2];
+    }
+    for tasks in task_counts {
+        let mut sides = Vec::new();
+        for (name, instrumented) in [("bare", false), ("instrumented", true)] {
+            if only.as_deref().is_none_or(|only| only == name) {
+                sides.push(side(name, instrumented, 2)?);
+            }
+        }
+        let mut figures: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
+        for _ in 0..ROUNDS {
+            for (side, figures) in sides.iter().zip(&mut figures) {
+                figures.push(run(side, tasks)?);
+            }
+        }
+        let medians: Vec<f64> = figures.into_iter().map(median).collect();
+        for (side, ns) in sides.iter().zip(&medians) {
+            println!(
+                "{tasks} task(s) {:>13}: {ns:7.0} ns of CPU per request",
+                side.name
+            );
+        }
+        if let [bare, instrumented] = medians[..] {
+            println!(
+                "{tasks} task(s)  instrumented − bare: {:+.0} ns of CPU per request",
+                instrumented - bare
+            );
+        }
+    }
+    Ok(())
+}
