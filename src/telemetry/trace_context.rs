@@ -82,24 +82,36 @@ impl SpanIds {
 
     /// The W3C `traceparent` naming this span, for response headers.
     pub fn traceparent(&self) -> Option<HeaderValue> {
-        let mut text = String::with_capacity(55);
-        text.push_str("00-");
-        push_hex(&mut text, &self.trace_id.to_bytes());
-        text.push('-');
-        push_hex(&mut text, &self.span_id.to_bytes());
-        text.push_str(if self.sampled { "-01" } else { "-00" });
-        HeaderValue::try_from(text).ok()
+        // `00-{trace id}-{span id}-{flags}`, written into a stack buffer: it runs for every
+        // response, and a growing `String` checked and encoded each character.
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        write_hex(&mut text[3..35], &self.trace_id.to_bytes());
+        write_hex(&mut text[36..52], &self.span_id.to_bytes());
+        if self.sampled {
+            text[54] = b'1';
+        }
+        HeaderValue::from_bytes(&text).ok()
     }
 }
+
+/// Writes the lower-case hex of `bytes` into `out`, two digits per byte (`out` is twice as
+/// long as `bytes`).
+pub fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (digits, &byte) in out.chunks_exact_mut(2).zip(bytes) {
+        digits[0] = HEX_DIGITS[usize::from(byte >> 4)];
+        digits[1] = HEX_DIGITS[usize::from(byte & 0x0f)];
+    }
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends the lower-case hex of `bytes` to `out`: what `{:032x}` does for a trace id, without
 /// the formatting machinery, which showed in profiles since it runs for every request.
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.reserve(bytes.len() * 2);
     for &byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+        out.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
     }
 }
 
