@@ -47,13 +47,32 @@ struct Slot {
     started_ns: AtomicU64,
     task_id: AtomicU64,
     spawned_at: AtomicPtr<Location<'static>>,
+    /// The request the route layer tagged the current poll with, taken when the poll ends.
     request: Mutex<Option<Arc<RequestContext>>>,
+    /// Whether `request` holds a tag: written by the slot's own thread only, so the end of
+    /// a poll that no request tagged (most of them: connections, background tasks) skips the
+    /// lock.
+    tagged: AtomicBool,
     /// The `seq` of the poll the watchdog reported, 0 if none; the lock orders the report
     /// against the poll's end so "in progress" never goes negative or leaks.
     reported_seq: Mutex<u64>,
     /// The `seq` of a poll seen running after its thread gave the worker away
     /// (`block_in_place`): long, but not holding a worker, so not a stall.
     handed_off_seq: AtomicU64,
+}
+
+impl Slot {
+    /// The request the poll that just ended was tagged with, if any; clears the tag.
+    fn take_request(&self) -> Option<Arc<RequestContext>> {
+        if !self.tagged.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.tagged.store(false, Ordering::Relaxed);
+        self.request
+            .lock()
+            .ok()
+            .and_then(|mut request| request.take())
+    }
 }
 
 /// The watchdog shared by the runtime hooks, the route layer and the scanning thread.
@@ -107,7 +126,7 @@ impl Watchdog {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
     }
 
-    fn with_slot<R>(self: &Arc<Self>, f: impl FnOnce(&Slot) -> R) -> R {
+    fn with_slot<R>(&self, f: impl FnOnce(&Slot) -> R) -> R {
         SLOT.with(|cell| {
             let mut cell = cell.borrow_mut();
             let slot = cell.get_or_insert_with(|| {
@@ -119,6 +138,7 @@ impl Watchdog {
                     task_id: AtomicU64::new(0),
                     spawned_at: AtomicPtr::new(std::ptr::null_mut()),
                     request: Mutex::new(None),
+                    tagged: AtomicBool::new(false),
                     reported_seq: Mutex::new(0),
                     handed_off_seq: AtomicU64::new(0),
                 });
@@ -137,7 +157,9 @@ impl Watchdog {
         let spawned_at = std::ptr::from_ref(meta.spawned_at()).cast_mut();
         let now = self.now_ns();
         self.with_slot(|slot| {
-            slot.seq.fetch_add(1, Ordering::AcqRel);
+            // Only this thread writes `seq`: a load and a store, no locked instruction.
+            let seq = slot.seq.load(Ordering::Relaxed) + 1;
+            slot.seq.store(seq, Ordering::Release);
             slot.task_id.store(task_id, Ordering::Relaxed);
             slot.spawned_at.store(spawned_at, Ordering::Relaxed);
             slot.started_ns.store(now, Ordering::Release);
@@ -149,7 +171,7 @@ impl Watchdog {
         let now = self.now_ns();
         self.with_slot(|slot| {
             let started = slot.started_ns.swap(0, Ordering::AcqRel);
-            let request = slot.request.lock().ok().and_then(|mut r| r.take());
+            let request = slot.take_request();
             if started == 0 {
                 return;
             }
@@ -185,10 +207,11 @@ impl Watchdog {
     }
 
     /// Route layer: the poll running on this thread belongs to `tag`.
-    pub fn tag_current_poll(self: &Arc<Self>, tag: &Arc<RequestContext>) {
+    pub fn tag_current_poll(&self, tag: &Arc<RequestContext>) {
         self.with_slot(|slot| {
             if let Ok(mut request) = slot.request.lock() {
                 *request = Some(Arc::clone(tag));
+                slot.tagged.store(true, Ordering::Relaxed);
             }
         });
     }
