@@ -1,5 +1,5 @@
 //! Prometheus text exposition for the figures read at scrape time: the runtime's own
-//! counters and the per-variant task monitors.
+//! counters, the per-variant task monitors and the route layer's HTTP metrics.
 //!
 //! These are cumulative counters and current gauges that Tokio and tokio-metrics already
 //! keep; reading them when Prometheus scrapes is exact and costs nothing between scrapes.
@@ -302,6 +302,85 @@ pub fn render_tasks(out: &mut Exposition, tasks: &[TaskFigures<'_>]) {
     }
 }
 
+/// `http.server.request.duration` and `http.server.active_requests` of the OpenTelemetry HTTP
+/// semantic conventions, from the route layer's instruments.
+pub fn render_http(out: &mut Exposition, routes: &[super::http_metrics::RouteFigures]) {
+    use super::metric_names::{HTTP_ACTIVE_REQUESTS, HTTP_REQUEST_DURATION, REQUEST_BUCKETS};
+    use std::collections::BTreeMap;
+    if routes.is_empty() {
+        return;
+    }
+    // One gauge series per route and method: the variants of a route share it.
+    let mut active: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for route in routes {
+        *active
+            .entry((route.key.route, route.key.method))
+            .or_default() += route.active;
+    }
+    out.family(
+        HTTP_ACTIVE_REQUESTS,
+        "gauge",
+        "HTTP server requests in flight, by route template and method.",
+    );
+    for ((route, method), value) in active {
+        out.sample(
+            HTTP_ACTIVE_REQUESTS,
+            &[("http_route", route), ("http_request_method", method)],
+            value as f64,
+        );
+    }
+
+    let mut histograms = BTreeMap::new();
+    for route in routes {
+        for (status, figures) in &route.durations {
+            let key = (
+                route.key.route,
+                route.key.method,
+                *status,
+                route.key.variant,
+            );
+            histograms.insert(key, figures);
+        }
+    }
+    out.family(
+        HTTP_REQUEST_DURATION,
+        "histogram",
+        "Duration of HTTP server requests, by route template, method, status code and lesson variant.",
+    );
+    let bucket_name = format!("{HTTP_REQUEST_DURATION}_bucket");
+    let (sum_name, count_name) = (
+        format!("{HTTP_REQUEST_DURATION}_sum"),
+        format!("{HTTP_REQUEST_DURATION}_count"),
+    );
+    for ((route, method, status, variant), figures) in histograms {
+        let status = if status == super::http_metrics::OTHER_STATUS {
+            "_OTHER".to_owned()
+        } else {
+            status.to_string()
+        };
+        let labels = [
+            ("http_route", route),
+            ("http_request_method", method),
+            ("http_response_status_code", status.as_str()),
+            // Not an OpenTelemetry attribute, but bounded like `http_route`, and what lets a
+            // dashboard put each lesson's variants side by side.
+            ("variant", variant),
+        ];
+        let mut cumulative = 0;
+        for (bucket, count) in figures.buckets.iter().enumerate() {
+            cumulative += count;
+            let le = REQUEST_BUCKETS
+                .get(bucket)
+                .map_or_else(|| "+Inf".to_owned(), |&le| format_value(le));
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &le));
+            out.sample(&bucket_name, &with_le, cumulative as f64);
+        }
+        out.sample(&sum_name, &labels, secs(figures.sum));
+        out.sample(&count_name, &labels, cumulative as f64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +396,78 @@ mod tests {
             out.into_string(),
             "# HELP x_total Help with \\\\ and\\nnewline.\n# TYPE x_total counter\n\
              x_total{a=\"q\\\"uo\\\\te\\n\"} 3\nx_total 0.25\nx_total +Inf\n"
+        );
+    }
+
+    /// The HTTP families: one in-flight series per route and method (its variants summed),
+    /// cumulative buckets, `_OTHER` for statuses past the bounded set.
+    #[test]
+    fn http_figures_render_as_cumulative_histograms() {
+        use crate::telemetry::http_metrics::{
+            HistogramFigures, OTHER_STATUS, RouteFigures, RouteKey,
+        };
+        use crate::telemetry::metric_names::REQUEST_BUCKETS;
+        let mut buckets = [0; REQUEST_BUCKETS.len() + 1];
+        buckets[0] = 2; // le="0.001"
+        buckets[2] = 1; // le="0.005"
+        buckets[REQUEST_BUCKETS.len()] = 1; // +Inf only
+        let figures = HistogramFigures {
+            buckets,
+            sum: Duration::from_millis(100_006),
+        };
+        let key = RouteKey {
+            route: "/sleep/{variant}",
+            variant: "async",
+            method: "GET",
+        };
+        let routes = [
+            RouteFigures {
+                key,
+                active: 2,
+                durations: vec![(200, figures.clone()), (OTHER_STATUS, figures)],
+            },
+            RouteFigures {
+                key: RouteKey {
+                    variant: "blocking",
+                    ..key
+                },
+                active: 1,
+                durations: Vec::new(),
+            },
+        ];
+        let mut out = Exposition::default();
+        render_http(&mut out, &routes);
+        let text = out.into_string();
+        let lines: Vec<&str> = text.lines().collect();
+        let labels = r#"http_route="/sleep/{variant}",http_request_method="GET""#;
+        assert!(lines.contains(&format!("http_server_active_requests{{{labels}}} 3").as_str()));
+        for (le, count) in [
+            ("0.001", 2),
+            ("0.0025", 2),
+            ("0.005", 3),
+            ("30", 3),
+            ("+Inf", 4),
+        ] {
+            let line = format!(
+                r#"http_server_request_duration_seconds_bucket{{{labels},http_response_status_code="200",variant="async",le="{le}"}} {count}"#
+            );
+            assert!(lines.contains(&line.as_str()), "{line} in\n{text}");
+        }
+        let status = r#"http_response_status_code="200",variant="async""#;
+        assert!(
+            lines.contains(
+                &format!("http_server_request_duration_seconds_sum{{{labels},{status}}} 100.006")
+                    .as_str()
+            )
+        );
+        assert!(lines.contains(
+            &format!("http_server_request_duration_seconds_count{{{labels},{status}}} 4").as_str()
+        ));
+        assert!(text.contains(r#"http_response_status_code="_OTHER""#));
+        assert_eq!(
+            text.matches("# TYPE http_server_request_duration_seconds histogram")
+                .count(),
+            1
         );
     }
 }

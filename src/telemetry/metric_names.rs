@@ -38,15 +38,6 @@ pub const LAG_BUCKETS: &[f64] = &[
 pub(crate) fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_histogram!(
-        HTTP_REQUEST_DURATION,
-        Unit::Seconds,
-        "Duration of HTTP server requests, by route template, method, status code and lesson variant."
-    );
-    describe_gauge!(
-        HTTP_ACTIVE_REQUESTS,
-        "HTTP server requests in flight, by route template and method."
-    );
-    describe_histogram!(
         EXECUTOR_LAG,
         Unit::Seconds,
         "How late the canary's 10 ms tick fired: time a ready task waits for a worker."

@@ -11,6 +11,7 @@ pub mod otlp;
 pub mod poll_stats;
 pub mod request_context;
 pub mod route_layer;
+pub mod shards;
 pub mod task_monitors;
 pub mod trace_context;
 pub mod watchdog;
@@ -94,6 +95,7 @@ impl Telemetry {
             exposition::render_runtime(&mut scraped, &runtime.metrics());
         }
         exposition::render_tasks(&mut scraped, &self.tasks.snapshot());
+        exposition::render_http(&mut scraped, &self.http.snapshot());
         let mut text = self.prometheus.render();
         text.push_str(&scraped.into_string());
         text
@@ -115,7 +117,6 @@ fn prometheus_handle() -> PrometheusHandle {
             use metric_names::*;
             let builder = PrometheusBuilder::new();
             let builder = [
-                (HTTP_REQUEST_DURATION, REQUEST_BUCKETS),
                 (STALL_DURATION, REQUEST_BUCKETS),
                 (BLOCKING_RUN, REQUEST_BUCKETS),
                 (EXECUTOR_LAG, LAG_BUCKETS),

@@ -122,12 +122,16 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         context: Arc<RequestContext>,
-        watchdog: Option<Arc<Watchdog>>,
+        watchdog: Option<&'static Watchdog>,
     }
 }
 
 impl<F> InRequest<F> {
-    pub fn new(inner: F, context: Arc<RequestContext>, watchdog: Option<Arc<Watchdog>>) -> Self {
+    pub fn new(
+        inner: F,
+        context: Arc<RequestContext>,
+        watchdog: Option<&'static Watchdog>,
+    ) -> Self {
         Self {
             inner,
             context,

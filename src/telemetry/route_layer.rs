@@ -3,6 +3,7 @@
 //! variant's task monitor, tags each poll for the stall watchdog, and records the HTTP
 //! metrics of the OpenTelemetry semantic conventions. Handlers know nothing of it.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +18,7 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use opentelemetry::KeyValue;
+use tokio_metrics::TaskMonitorCore;
 use tower::{Layer, Service};
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -101,6 +103,7 @@ where
                 method,
             },
             &telemetry.tasks,
+            &telemetry.watchdog,
         );
         let (context, span) =
             begin_request(&request, &instruments.span_name, route, variant, method);
@@ -108,12 +111,12 @@ where
         let handler = InRequest::new(
             self.inner.call(request),
             Arc::clone(&context),
-            Some(Arc::clone(&telemetry.watchdog)),
+            Some(&instruments.watchdog),
         );
         // Poll statistics go on a sampled span only: nothing else reads them.
         let measured = Measured::new(handler, context.ids.sampled);
         ObservedResponse {
-            inner: tokio_metrics::TaskMonitor::instrument(&in_flight.0.monitor, measured),
+            inner: instruments.monitor.instrument(measured),
             span,
             context,
             started,
@@ -128,7 +131,7 @@ pin_project_lite::pin_project! {
     /// is one; the response gets the request's ids and its duration is recorded.
     pub struct ObservedResponse<F> {
         #[pin]
-        inner: tokio_metrics::Instrumented<Measured<InRequest<F>>>,
+        inner: tokio_metrics::Instrumented<Measured<InRequest<F>>, &'static TaskMonitorCore>,
         span: Option<Span>,
         context: Arc<RequestContext>,
         started: Instant,
@@ -151,10 +154,9 @@ where
         // Ends the request in `http.server.active_requests` (dropping it); a request dropped
         // before it got here (the client went away) ends there when the future is dropped.
         if let Some(in_flight) = this.in_flight.take() {
-            let seconds = this.started.elapsed().as_secs_f64();
             in_flight
                 .0
-                .record_duration(response.status().as_u16(), seconds);
+                .record_duration(response.status().as_u16(), this.started.elapsed());
         }
         finish_request(this.span.as_ref(), this.context, &mut response, &stats);
         Poll::Ready(Ok(response))
@@ -163,18 +165,18 @@ where
 
 /// A request's instruments, counting it in `http.server.active_requests` until dropped,
 /// however its future ends: finished, or dropped mid-way because the client hung up.
-pub struct InFlight(Arc<RouteInstruments>);
+pub struct InFlight(&'static RouteInstruments);
 
 impl InFlight {
-    fn enter(instruments: Arc<RouteInstruments>) -> Self {
-        instruments.active.increment(1.0);
+    fn enter(instruments: &'static RouteInstruments) -> Self {
+        instruments.active.increment();
         Self(instruments)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.active.decrement(1.0);
+        self.0.active.decrement();
     }
 }
 
@@ -417,7 +419,6 @@ fn method_label(method: &Method) -> &'static str {
 /// The client's `x-request-id` when it is short printable ASCII (shared with the request, not
 /// copied), else a new one.
 fn request_id(request: &Request) -> HeaderValue {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
     request
         .headers()
         .get(REQUEST_ID)
@@ -426,7 +427,31 @@ fn request_id(request: &Request) -> HeaderValue {
             !id.is_empty() && id.len() <= 64 && id.iter().all(u8::is_ascii_graphic)
         })
         .cloned()
-        .unwrap_or_else(|| generated_request_id(NEXT.fetch_add(1, Ordering::Relaxed)))
+        .unwrap_or_else(|| generated_request_id(next_request_number()))
+}
+
+/// Request numbers, unique in the process. Each thread takes a block of them at a time, so
+/// the workers do not pass one counter's cache line back and forth on every request; ids are
+/// therefore unique and increasing per thread, not in arrival order.
+fn next_request_number() -> u64 {
+    const BLOCK: u64 = 1024;
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        /// The next number of this thread's block, and the block's end.
+        static BLOCK_LEFT: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+    BLOCK_LEFT
+        .try_with(|left| {
+            let (mut next, mut end) = left.get();
+            if next == end {
+                next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
+                end = next + BLOCK;
+            }
+            left.set((next + 1, end));
+            next
+        })
+        // Only while this thread's locals are being destroyed.
+        .unwrap_or_else(|_| NEXT_BLOCK.fetch_add(1, Ordering::Relaxed))
 }
 
 /// `req-` and at least eight hex digits of `n` (`format!("req-{n:08x}")` for the first four
@@ -435,11 +460,11 @@ fn generated_request_id(n: u64) -> HeaderValue {
     let bytes = n.to_be_bytes();
     // Leading zero bytes go, but never the last four: eight digits at least.
     let skip = bytes[..4].iter().take_while(|&&b| b == 0).count();
-    let mut id = String::with_capacity(4 + 2 * (bytes.len() - skip));
-    id.push_str("req-");
-    trace_context::push_hex(&mut id, &bytes[skip..]);
+    let mut id = *b"req-0000000000000000";
+    let end = id.len() - 2 * skip;
+    trace_context::write_hex(&mut id[4..end], &bytes[skip..]);
     // Hex digits and `req-` are always a valid header value.
-    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("req-invalid"))
+    HeaderValue::from_bytes(&id[..end]).unwrap_or_else(|_| HeaderValue::from_static("req-invalid"))
 }
 
 #[cfg(test)]
