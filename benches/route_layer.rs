@@ -5,9 +5,12 @@
 //!
 //! `cargo bench --bench route_layer` drives the router from one task, then from one task per
 //! worker at once (two workers share every label set's instruments, as they do in the
-//! service), alternating the sides over several rounds and printing the median nanoseconds per
-//! request. `bench/overhead.sh` measures the whole service; this isolates the route layer's
-//! share, which is small enough to drown in that benchmark's noise.
+//! service), alternating the sides over several rounds, and prints the median CPU time per
+//! request (into docs/benchmarks.md too). Contention shows as the gap between the two rows.
+//! `bench/overhead.sh` measures the whole service; this isolates the route layer's share,
+//! which is small enough to drown in that benchmark's noise.
+//!
+//! `-- --only bare|instrumented [tasks …]` runs one side alone, to profile it.
 
 use std::time::Duration;
 
@@ -121,9 +124,11 @@ fn main() -> anyhow::Result<()> {
             count => task_counts.push(count.parse::<usize>()?),
         }
     }
-    if task_counts.is_empty() {
+    let defaults = task_counts.is_empty();
+    if defaults {
         task_counts = vec![1, 2];
     }
+    let mut rows = Vec::new();
     for tasks in task_counts {
         let mut sides = Vec::new();
         for (name, instrumented) in [("bare", false), ("instrumented", true)] {
@@ -149,7 +154,36 @@ fn main() -> anyhow::Result<()> {
                 "{tasks} task(s)  instrumented − bare: {:+.0} ns of CPU per request",
                 instrumented - bare
             );
+            rows.push(format!(
+                "| {tasks} | {bare:.0} ns | {instrumented:.0} ns | {:+.0} ns |",
+                instrumented - bare
+            ));
         }
+    }
+    if defaults && only.is_none() {
+        write_table(&rows)?;
+    }
+    Ok(())
+}
+
+/// The results, between the markers in docs/benchmarks.md.
+fn write_table(rows: &[String]) -> anyhow::Result<()> {
+    const START: &str = "<!-- route-layer:start -->";
+    const END: &str = "<!-- route-layer:end -->";
+    let table = format!(
+        "{START}\n`GET /hello` into the router, {REQUESTS_PER_TASK} requests per task, median of \
+         {ROUNDS} rounds, release build, CPU time of the whole process per request:\n\n\
+         | tasks at once | bare | instrumented | instrumentation |\n|---:|---:|---:|---:|\n\
+         {}\n{END}",
+        rows.join("\n")
+    );
+    println!("{table}");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");
+    if let Ok(text) = std::fs::read_to_string(path)
+        && let (Some(a), Some(b)) = (text.find(START), text.find(END))
+    {
+        let updated = format!("{}{table}{}", &text[..a], &text[b + END.len()..]);
+        std::fs::write(path, updated)?;
     }
     Ok(())
 }
