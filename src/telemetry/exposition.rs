@@ -372,9 +372,12 @@ pub fn render_http(out: &mut Exposition, routes: &[super::http_metrics::RouteFig
             let le = REQUEST_BUCKETS
                 .get(bucket)
                 .map_or_else(|| "+Inf".to_owned(), |&le| format_value(le));
-            let mut with_le = labels.to_vec();
-            with_le.push(("le", &le));
-            out.sample(&bucket_name, &with_le, cumulative as f64);
+            let [route, method, status, variant] = labels;
+            out.sample(
+                &bucket_name,
+                &[route, method, status, variant, ("le", &le)],
+                cumulative as f64,
+            );
         }
         out.sample(&sum_name, &labels, secs(figures.sum));
         out.sample(&count_name, &labels, cumulative as f64);

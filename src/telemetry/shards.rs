@@ -66,25 +66,36 @@ impl ShardedGauge {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
-    #[test]
-    fn a_gauge_moved_between_threads_sums_right() {
-        let gauge: &'static ShardedGauge = Box::leak(Box::default());
-        let threads: Vec<_> = (0..SHARDS + 2)
+    /// Runs `work` once on each of `threads` new threads; the shards those threads took.
+    pub(crate) fn shards_taken_by(
+        threads: usize,
+        work: impl Fn() + Copy + Send + 'static,
+    ) -> BTreeSet<usize> {
+        let threads: Vec<_> = (0..threads)
             .map(|_| {
                 std::thread::spawn(move || {
-                    gauge.increment();
-                    gauge.increment();
+                    work();
                     this_threads_shard()
                 })
             })
             .collect();
-        let shards: std::collections::BTreeSet<usize> = threads
+        threads
             .into_iter()
             .map(|thread| thread.join().expect("thread"))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_gauge_moved_between_threads_sums_right() {
+        let gauge: &'static ShardedGauge = Box::leak(Box::default());
+        let shards = shards_taken_by(SHARDS + 2, move || {
+            gauge.increment();
+            gauge.increment();
+        });
         assert!(shards.len() > 1, "threads take different shards");
         assert_eq!(gauge.value(), 2 * (SHARDS as i64 + 2));
         // Ended on another thread than they started on.

@@ -55,28 +55,34 @@ impl VariantMonitor {
     }
 }
 
-/// Two monitors' cumulative figures as one monitor would have counted them.
+/// Two monitors' cumulative figures as one monitor would have counted them: every figure is
+/// a sum, but for the longest idle.
 fn sum(a: &TaskMetrics, b: &TaskMetrics) -> TaskMetrics {
     let mut total = *a;
-    total.instrumented_count += b.instrumented_count;
-    total.dropped_count += b.dropped_count;
-    total.first_poll_count += b.first_poll_count;
-    total.total_first_poll_delay += b.total_first_poll_delay;
-    total.total_idled_count += b.total_idled_count;
-    total.total_idle_duration += b.total_idle_duration;
+    macro_rules! add {
+        ($($figure:ident),* $(,)?) => { $(total.$figure += b.$figure;)* };
+    }
+    add!(
+        instrumented_count,
+        dropped_count,
+        first_poll_count,
+        total_first_poll_delay,
+        total_idled_count,
+        total_idle_duration,
+        total_scheduled_count,
+        total_scheduled_duration,
+        total_poll_count,
+        total_poll_duration,
+        total_fast_poll_count,
+        total_fast_poll_duration,
+        total_slow_poll_count,
+        total_slow_poll_duration,
+        total_short_delay_count,
+        total_short_delay_duration,
+        total_long_delay_count,
+        total_long_delay_duration,
+    );
     total.max_idle_duration = total.max_idle_duration.max(b.max_idle_duration);
-    total.total_scheduled_count += b.total_scheduled_count;
-    total.total_scheduled_duration += b.total_scheduled_duration;
-    total.total_poll_count += b.total_poll_count;
-    total.total_poll_duration += b.total_poll_duration;
-    total.total_fast_poll_count += b.total_fast_poll_count;
-    total.total_fast_poll_duration += b.total_fast_poll_duration;
-    total.total_slow_poll_count += b.total_slow_poll_count;
-    total.total_slow_poll_duration += b.total_slow_poll_duration;
-    total.total_short_delay_count += b.total_short_delay_count;
-    total.total_short_delay_duration += b.total_short_delay_duration;
-    total.total_long_delay_count += b.total_long_delay_count;
-    total.total_long_delay_duration += b.total_long_delay_duration;
     total
 }
 
@@ -127,6 +133,7 @@ impl TaskMonitors {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::shards::tests::shards_taken_by;
 
     /// Futures instrumented on several threads land in several shards; the sum is what one
     /// monitor would have counted, slow polls included.
@@ -138,29 +145,20 @@ mod tests {
         let reference: &'static TaskMonitorCore = Box::leak(Box::new(
             TaskMonitorCore::with_slow_poll_threshold(threshold),
         ));
-        let threads: Vec<_> = (0..SHARDS + 1)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_time()
-                        .build()
-                        .expect("runtime");
-                    runtime.block_on(async {
-                        let work = || async {
-                            std::thread::sleep(Duration::from_millis(10)); // one slow poll
-                            tokio::task::yield_now().await; // then a fast one
-                        };
-                        monitor.instrument(work()).await;
-                        reference.instrument(work()).await;
-                    });
-                    this_threads_shard()
-                })
-            })
-            .collect();
-        let shards: std::collections::BTreeSet<usize> = threads
-            .into_iter()
-            .map(|thread| thread.join().expect("thread"))
-            .collect();
+        let shards = shards_taken_by(SHARDS + 1, move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let work = || async {
+                    std::thread::sleep(Duration::from_millis(10)); // one slow poll
+                    tokio::task::yield_now().await; // then a fast one
+                };
+                monitor.instrument(work()).await;
+                reference.instrument(work()).await;
+            });
+        });
         assert!(
             shards.len() > 1,
             "threads take different shards: {shards:?}"
