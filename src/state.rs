@@ -13,9 +13,25 @@ use crate::error::AppError;
 use crate::telemetry::{Telemetry, trace_context};
 use tracing::Instrument;
 
-/// Everything handlers share. Cheap to clone: every field is a handle.
+/// Everything handlers share, behind one `Arc`.
+///
+/// axum clones the state for every request (each extractor and handler takes its own), so
+/// a clone should be one reference count: cloning the fields one by one was ten-odd counts
+/// shared between the workers, and a lock (`CancellationToken::clone` takes one).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds. Fields that work leaves the request with (to the blocking pool,
+/// to rayon) are handles of their own, cloned only there.
+pub struct SharedState {
     pub limits: Arc<LimitArgs>,
     pub upstream: UpstreamClients,
     /// rayon pool for the CPU lesson, one thread per core.
@@ -42,7 +58,7 @@ impl AppState {
         let cpu_pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("rayon-cpu-{i}"))
             .build()?;
-        Ok(Self {
+        Ok(Self(Arc::new(SharedState {
             limits: Arc::new(limits),
             upstream: UpstreamClients::new(upstream_base_url, upstream_timeout)?,
             cpu_pool: Arc::new(cpu_pool),
@@ -50,7 +66,7 @@ impl AppState {
             telemetry,
             db,
             passwords: Passwords::new(),
-        })
+        })))
     }
 }
 
