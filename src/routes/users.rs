@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::Observed;
 use super::params::QueryParams;
 use crate::db::models::{NewUser, UserChanges, UserView, now};
 use crate::db::{DbError, queries};
@@ -35,12 +36,17 @@ const MIN_PASSWORD_CHARS: usize = 8;
 const MAX_PASSWORD_CHARS: usize = 1024;
 
 /// `/users`, `/users/{id}` and `/login`, with their body limit.
-pub fn router() -> Router<AppState> {
-    use axum::routing::{get, post};
+pub fn router(observed: &Observed) -> Router<AppState> {
     Router::new()
-        .route("/users", post(create).get(list))
-        .route("/users/{id}", get(fetch).patch(update).delete(remove))
-        .route("/login", post(login))
+        .route("/users", observed.post(create).merge(observed.get(list)))
+        .route(
+            "/users/{id}",
+            observed
+                .get(fetch)
+                .merge(observed.patch(update))
+                .merge(observed.delete(remove)),
+        )
+        .route("/login", observed.post(login))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
 }
 
