@@ -9,7 +9,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use stallscope::config::ServeArgs;
-use stallscope::telemetry::request_context::RequestContext;
+use stallscope::telemetry::request_context::{InlineText, RequestContext};
 use stallscope::telemetry::trace_context::SpanIds;
 use stallscope::telemetry::watchdog::{StallReport, Watchdog};
 
@@ -32,9 +32,9 @@ fn main() -> anyhow::Result<()> {
         let tag = Arc::new(RequestContext {
             route: "/bench",
             variant: "blocking",
-            request_id: axum::http::HeaderValue::try_from(format!("bench-{i}"))?,
+            request_id: InlineText::truncated(&format!("bench-{i}")),
             method: "GET",
-            uri: axum::http::Uri::from_static("/bench"),
+            path: InlineText::truncated("/bench"),
             ids: SpanIds::for_request(None, None),
             on_stall: Some(Box::new(move |_: &StallReport| {
                 let _ = reports.send(Instant::now());

@@ -348,9 +348,9 @@ fn watchdog_reports_a_request_stall_while_it_runs() {
     let tag = Arc::new(RequestContext {
         route: "/test/{variant}",
         variant: "blocking",
-        request_id: axum::http::HeaderValue::from_static("t-1"),
+        request_id: stallscope::telemetry::request_context::InlineText::truncated("t-1"),
         method: "GET",
-        uri: axum::http::Uri::from_static("/test/blocking"),
+        path: stallscope::telemetry::request_context::InlineText::truncated("/test/blocking"),
         ids: SpanIds::for_request(None, None),
         on_stall: Some(Box::new(move |report: &StallReport| {
             let _ = reports.send((Instant::now(), report.clone()));

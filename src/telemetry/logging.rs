@@ -438,7 +438,7 @@ fn write_request_prefix(
         style(ansi, Style::new().dimmed()),
         style(ansi, Style::new().italic()),
     );
-    let path = request.uri.path();
+    let path = request.path();
     let mut trace_id = String::with_capacity(32);
     push_hex(&mut trace_id, &request.ids.trace_id.to_bytes());
     // Name, value, and whether the value is a string (quoted like `{:?}`; the trace id is
@@ -723,13 +723,14 @@ mod tests {
             .body(Body::empty())
             .expect("request");
         let scenario = || {
-            let (context, span) = crate::telemetry::route_layer::begin_request(
-                &request,
-                "GET /sleep/{variant}",
-                "/sleep/{variant}",
-                "blocking",
-                "GET",
-            );
+            let crate::telemetry::route_layer::Begun { context, span, .. } =
+                crate::telemetry::route_layer::begin_request(
+                    &request,
+                    "GET /sleep/{variant}",
+                    "/sleep/{variant}",
+                    "blocking",
+                    "GET",
+                );
             let _in_request = request_context::enter(Some(Arc::clone(&context)));
             let _span = span.as_ref().map(tracing::Span::enter);
             tracing::info!(exported = span.is_some(), "hello");

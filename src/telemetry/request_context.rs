@@ -17,8 +17,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::http::{HeaderValue, Uri};
-
 use super::trace_context::SpanIds;
 use super::watchdog::{StallCallback, Watchdog};
 
@@ -30,12 +28,10 @@ pub struct RequestContext {
     pub variant: &'static str,
     /// `http.request.method`, bounded.
     pub method: &'static str,
-    /// The request's URI (cloning it shares its bytes); logs print its path.
-    pub uri: Uri,
-    /// `x-request-id`: the client's, or one made for the request. Kept as the header value
-    /// the response carries, so a client's id is shared, not copied; printable ASCII (see
-    /// [`RequestContext::request_id`]).
-    pub request_id: HeaderValue,
+    /// The request's path (logs print it), cut to [`MAX_PATH`] bytes.
+    pub path: InlineText<MAX_PATH>,
+    /// `x-request-id`: the client's, or one made for the request (printable ASCII).
+    pub request_id: InlineText<MAX_REQUEST_ID>,
     /// The request's W3C ids: its server span's when one is exported, else made for it.
     pub ids: SpanIds,
     /// Called once when the watchdog reports a stall of this request (it puts an event on the
@@ -44,9 +40,54 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// The request id as text (the route layer only ever stores printable ASCII).
     pub fn request_id(&self) -> &str {
-        self.request_id.to_str().unwrap_or("")
+        self.request_id.as_str()
+    }
+
+    pub fn path(&self) -> &str {
+        self.path.as_str()
+    }
+}
+
+/// Longest path a context keeps (paths are client input); the span's `url.path` is cut the
+/// same way.
+pub const MAX_PATH: usize = 256;
+/// Longest `x-request-id` taken from a client; a longer one is replaced by a made one.
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// Up to `N` bytes of text, kept inline.
+///
+/// The context's path and id are copied into it rather than shared: sharing the request's
+/// buffers (cloning its `Uri` and header value) turned each into a reference-counted
+/// allocation of its own, two allocations and two atomic counts per request, where a copy of
+/// a few dozen bytes is enough.
+#[derive(Clone, Copy)]
+pub struct InlineText<const N: usize> {
+    len: usize,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> InlineText<N> {
+    /// `text`, cut to at most `N` bytes on a character boundary.
+    pub fn truncated(text: &str) -> Self {
+        let mut len = text.len().min(N);
+        while !text.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; N];
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Self { len, bytes }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Always whole characters of a `str` (see `truncated`); the fallback cannot happen.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for InlineText<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
     }
 }
 
@@ -163,8 +204,8 @@ pub(crate) mod tests {
             route: "/sleep/{variant}",
             variant: "blocking",
             method: "GET",
-            uri: Uri::from_static("/sleep/blocking?ms=5"),
-            request_id: HeaderValue::from_str(request_id).expect("a printable request id"),
+            path: InlineText::truncated("/sleep/blocking"),
+            request_id: InlineText::truncated(request_id),
             ids: SpanIds {
                 trace_id: TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("id"),
                 span_id: SpanId::from_hex("00f067aa0ba902b7").expect("id"),
@@ -172,6 +213,15 @@ pub(crate) mod tests {
             },
             on_stall: None,
         })
+    }
+
+    #[test]
+    fn inline_text_keeps_whole_characters() {
+        assert_eq!(InlineText::<8>::truncated("/a/b").as_str(), "/a/b");
+        assert_eq!(InlineText::<4>::truncated("/abcdef").as_str(), "/abc");
+        // `é` is two bytes: cutting at 4 would split it.
+        assert_eq!(InlineText::<4>::truncated("/abé").as_str(), "/ab");
+        assert_eq!(InlineText::<4>::truncated("").as_str(), "");
     }
 
     fn current_id() -> Option<String> {

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use opentelemetry::KeyValue;
@@ -26,7 +26,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::Telemetry;
 use super::http_metrics::{RouteInstruments, RouteKey};
 use super::poll_stats::{Measured, PollStats};
-use super::request_context::{InRequest, RequestContext};
+use super::request_context::{InRequest, InlineText, MAX_PATH, MAX_REQUEST_ID, RequestContext};
 use super::trace_context::{self, SpanIds};
 use super::watchdog::{StallCallback, StallReport};
 
@@ -105,8 +105,11 @@ where
             &telemetry.tasks,
             &telemetry.watchdog,
         );
-        let (context, span) =
-            begin_request(&request, &instruments.span_name, route, variant, method);
+        let Begun {
+            context,
+            span,
+            request_id,
+        } = begin_request(&request, &instruments.span_name, route, variant, method);
         let in_flight = InFlight::enter(instruments);
         let handler = InRequest::new(
             self.inner.call(request),
@@ -120,7 +123,7 @@ where
             span,
             context,
             started,
-            in_flight: Some(in_flight),
+            finish: Some((in_flight, request_id)),
         }
     }
 }
@@ -135,8 +138,8 @@ pin_project_lite::pin_project! {
         span: Option<Span>,
         context: Arc<RequestContext>,
         started: Instant,
-        // `None` once the response is out.
-        in_flight: Option<InFlight>,
+        // The request in flight and its `x-request-id`; `None` once the response is out.
+        finish: Option<(InFlight, HeaderValue)>,
     }
 }
 
@@ -153,12 +156,18 @@ where
         let Ok(mut response) = result;
         // Ends the request in `http.server.active_requests` (dropping it); a request dropped
         // before it got here (the client went away) ends there when the future is dropped.
-        if let Some(in_flight) = this.in_flight.take() {
+        if let Some((in_flight, request_id)) = this.finish.take() {
             in_flight
                 .0
                 .record_duration(response.status().as_u16(), this.started.elapsed());
+            finish_request(
+                this.span.as_ref(),
+                this.context,
+                request_id,
+                &mut response,
+                &stats,
+            );
         }
-        finish_request(this.span.as_ref(), this.context, &mut response, &stats);
         Poll::Ready(Ok(response))
     }
 }
@@ -180,6 +189,16 @@ impl Drop for InFlight {
     }
 }
 
+/// What [`begin_request`] makes.
+pub struct Begun {
+    pub context: Arc<RequestContext>,
+    /// The server span, when an exporter will read one.
+    pub span: Option<Span>,
+    /// The response's `x-request-id`: the client's value itself (shared, not copied), or the
+    /// one made for the request.
+    pub request_id: HeaderValue,
+}
+
 /// A request's [`RequestContext`], and its server span when an exporter will read one.
 ///
 /// The span carries the HTTP semantic-convention attributes and joins the caller's trace when
@@ -193,8 +212,10 @@ pub fn begin_request(
     route: &'static str,
     variant: &'static str,
     method: &'static str,
-) -> (Arc<RequestContext>, Option<Span>) {
-    let request_id = request_id(request);
+) -> Begun {
+    let (client_request_id, has_traceparent) = caller_headers(request.headers());
+    let request_id = request_id(client_request_id);
+    let path = request.uri().path();
     let span = tracing::info_span!(
         SERVER_SPAN,
         otel.name = name,
@@ -203,7 +224,7 @@ pub fn begin_request(
         http.request.method = method,
         http.route = route,
         http.response.status_code = tracing::field::Empty,
-        url.path = truncated(request.uri().path(), MAX_PATH_ATTRIBUTE),
+        url.path = truncated(path, MAX_PATH),
         url.scheme = "http",
         network.protocol.version = protocol_version(request.version()),
         stallscope.variant = variant,
@@ -214,10 +235,7 @@ pub fn begin_request(
         stallscope.poll.scheduled_wait_ms = tracing::field::Empty,
     );
     let span = (!span.is_disabled()).then_some(span);
-    let parent = request
-        .headers()
-        .contains_key(trace_context::TRACEPARENT)
-        .then(|| trace_context::extract(request.headers()));
+    let parent = has_traceparent.then(|| trace_context::extract(request.headers()));
     if let (Some(span), Some(parent)) = (&span, &parent) {
         let _ = span.set_parent(parent.clone());
     }
@@ -230,12 +248,16 @@ pub fn begin_request(
         route,
         variant,
         method,
-        uri: request.uri().clone(),
-        request_id,
+        path: InlineText::truncated(path),
+        request_id: InlineText::truncated(request_id.to_str().unwrap_or("")),
         ids,
         on_stall,
     });
-    (context, span)
+    Begun {
+        context,
+        span,
+        request_id,
+    }
 }
 
 /// The request's ids on the response (`x-request-id`, `traceparent`) and, on a sampled span,
@@ -243,6 +265,7 @@ pub fn begin_request(
 fn finish_request(
     span: Option<&Span>,
     context: &RequestContext,
+    request_id: HeaderValue,
     response: &mut Response,
     stats: &PollStats,
 ) {
@@ -250,7 +273,7 @@ fn finish_request(
         record_outcome(span, context.ids, response.status(), stats);
     }
     let headers = response.headers_mut();
-    headers.insert(REQUEST_ID, context.request_id.clone());
+    headers.insert(REQUEST_ID, request_id);
     if let Some(traceparent) = context.ids.traceparent() {
         headers.insert(trace_context::TRACEPARENT, traceparent);
     }
@@ -273,9 +296,6 @@ fn stall_event_on(span: Span) -> StallCallback {
         );
     })
 }
-
-/// Longest `url.path` put on a span: paths are client input.
-const MAX_PATH_ATTRIBUTE: usize = 256;
 
 /// `text` cut to at most `max` bytes, on a character boundary.
 fn truncated(text: &str, max: usize) -> &str {
@@ -330,7 +350,11 @@ pub async fn trace_only(request: Request, next: Next) -> Response {
         .map_or(UNMATCHED_ROUTE, |m| intern(m.as_str()));
     let method = method_label(request.method());
     let name = span_name(method, route);
-    let (context, span) = begin_request(&request, &name, route, NO_VARIANT, method);
+    let Begun {
+        context,
+        span,
+        request_id,
+    } = begin_request(&request, &name, route, NO_VARIANT, method);
     let handler = Measured::new(
         InRequest::new(next.run(request), Arc::clone(&context), None),
         context.ids.sampled,
@@ -339,7 +363,7 @@ pub async fn trace_only(request: Request, next: Next) -> Response {
         Some(span) => handler.instrument(span.clone()).await,
         None => handler.await,
     };
-    finish_request(span.as_ref(), &context, &mut response, &stats);
+    finish_request(span.as_ref(), &context, request_id, &mut response, &stats);
     response
 }
 
@@ -416,15 +440,27 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// The caller's `x-request-id`, and whether it sent a `traceparent`, found in one pass over
+/// the request's few headers: two lookups would hash both names on every request.
+fn caller_headers(headers: &HeaderMap) -> (Option<&HeaderValue>, bool) {
+    let (mut request_id, mut traceparent) = (None, false);
+    for (name, value) in headers {
+        if name == REQUEST_ID {
+            request_id = request_id.or(Some(value));
+        } else if name == trace_context::TRACEPARENT {
+            traceparent = true;
+        }
+    }
+    (request_id, traceparent)
+}
+
 /// The client's `x-request-id` when it is short printable ASCII (shared with the request, not
 /// copied), else a new one.
-fn request_id(request: &Request) -> HeaderValue {
-    request
-        .headers()
-        .get(REQUEST_ID)
+fn request_id(client: Option<&HeaderValue>) -> HeaderValue {
+    client
         .filter(|id| {
             let id = id.as_bytes();
-            !id.is_empty() && id.len() <= 64 && id.iter().all(u8::is_ascii_graphic)
+            !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(u8::is_ascii_graphic)
         })
         .cloned()
         .unwrap_or_else(|| generated_request_id(next_request_number()))
@@ -457,12 +493,11 @@ fn next_request_number() -> u64 {
 /// `req-` and at least eight hex digits of `n` (`format!("req-{n:08x}")` for the first four
 /// billion, without the formatting machinery: it runs for every request).
 fn generated_request_id(n: u64) -> HeaderValue {
-    let bytes = n.to_be_bytes();
     // Leading zero bytes go, but never the last four: eight digits at least.
-    let skip = bytes[..4].iter().take_while(|&&b| b == 0).count();
+    let skip = n.to_be_bytes()[..4].iter().take_while(|&&b| b == 0).count();
     let mut id = *b"req-0000000000000000";
     let end = id.len() - 2 * skip;
-    trace_context::write_hex(&mut id[4..end], &bytes[skip..]);
+    id[4..end].copy_from_slice(&trace_context::hex_of_word(n)[2 * skip..]);
     // Hex digits and `req-` are always a valid header value.
     HeaderValue::from_bytes(&id[..end]).unwrap_or_else(|_| HeaderValue::from_static("req-invalid"))
 }
