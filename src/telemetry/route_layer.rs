@@ -41,7 +41,9 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 pub const NO_VARIANT: &str = "none";
 pub const INVALID_VARIANT: &str = "invalid";
 
-/// The route layer, as a tower [`Layer`] (`Router::layer`): see the module docs.
+/// The route layer, as a tower [`Layer`]: the service wraps each handler in it through
+/// [`crate::routes::Observed`] (`Handler::layer`); a router can take it as a whole too
+/// (`Router::layer`, as the tests do).
 ///
 /// Hand-written rather than `axum::middleware::from_fn`, which boxes every request's future
 /// and clones the inner service per request: on a zero-work endpoint those two allocations
