@@ -26,7 +26,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::Telemetry;
 use super::http_metrics::{RouteInstruments, RouteKey};
 use super::poll_stats::{Measured, PollStats};
-use super::request_context::{InRequest, InlineText, MAX_PATH, MAX_REQUEST_ID, RequestContext};
+use super::request_context::{InRequest, InlineText, MAX_REQUEST_ID, RequestContext};
 use super::trace_context::{self, SpanIds};
 use super::watchdog::{StallCallback, StallReport};
 
@@ -217,7 +217,7 @@ pub fn begin_request(
 ) -> Begun {
     let (client_request_id, has_traceparent) = caller_headers(request.headers());
     let request_id = request_id(client_request_id);
-    let path = request.uri().path();
+    let path = InlineText::truncated(request.uri().path());
     let span = tracing::info_span!(
         SERVER_SPAN,
         otel.name = name,
@@ -226,7 +226,7 @@ pub fn begin_request(
         http.request.method = method,
         http.route = route,
         http.response.status_code = tracing::field::Empty,
-        url.path = truncated(path, MAX_PATH),
+        url.path = path.as_str(),
         url.scheme = "http",
         network.protocol.version = protocol_version(request.version()),
         stallscope.variant = variant,
@@ -250,7 +250,7 @@ pub fn begin_request(
         route,
         variant,
         method,
-        path: InlineText::truncated(path),
+        path,
         request_id: InlineText::truncated(request_id.to_str().unwrap_or("")),
         ids,
         on_stall,
@@ -297,18 +297,6 @@ fn stall_event_on(span: Span) -> StallCallback {
             ],
         );
     })
-}
-
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn truncated(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// `network.protocol.version` as the semantic conventions spell it.

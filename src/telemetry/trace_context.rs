@@ -82,11 +82,15 @@ impl SpanIds {
 
     /// The W3C `traceparent` naming this span, for response headers.
     pub fn traceparent(&self) -> Option<HeaderValue> {
-        // `00-{trace id}-{span id}-{flags}`, written into a stack buffer: it runs for every
-        // response, and a growing `String` checked and encoded each character.
+        // `00-{trace id}-{span id}-{flags}`, written into a stack buffer a word of hex at a
+        // time: it runs for every response, and a growing `String` checked and encoded each
+        // character.
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        write_hex(&mut text[3..35], &self.trace_id.to_bytes());
-        write_hex(&mut text[36..52], &self.span_id.to_bytes());
+        let trace_id = u128::from_be_bytes(self.trace_id.to_bytes());
+        text[3..19].copy_from_slice(&hex_of_word((trace_id >> 64) as u64));
+        text[19..35].copy_from_slice(&hex_of_word(trace_id as u64));
+        let span_id = u64::from_be_bytes(self.span_id.to_bytes());
+        text[36..52].copy_from_slice(&hex_of_word(span_id));
         if self.sampled {
             text[54] = b'1';
         }
@@ -94,26 +98,8 @@ impl SpanIds {
     }
 }
 
-/// Writes the lower-case hex of `bytes` into `out`, two digits per byte (`out` is twice as
-/// long as `bytes`). Every response's `traceparent` and request id go through here, so whole
-/// eight-byte words are converted at once ([`hex_of_word`]), not digit by digit.
-pub fn write_hex(out: &mut [u8], bytes: &[u8]) {
-    let mut words = bytes.chunks_exact(8);
-    let mut digits = out.chunks_exact_mut(16);
-    for (word, out) in (&mut words).zip(&mut digits) {
-        let mut be = [0; 8];
-        be.copy_from_slice(word);
-        out.copy_from_slice(&hex_of_word(u64::from_be_bytes(be)));
-    }
-    let rest = &mut out[bytes.len() / 8 * 16..];
-    for (digits, &byte) in rest.chunks_exact_mut(2).zip(words.remainder()) {
-        digits[0] = HEX_DIGITS[usize::from(byte >> 4)];
-        digits[1] = HEX_DIGITS[usize::from(byte & 0x0f)];
-    }
-}
-
-/// The sixteen lower-case hex digits of `word`, most significant first, computed for all
-/// digits at once in a `u128` (one byte per digit) instead of looked up one by one.
+/// The sixteen lower-case hex digits of `word`, most significant first (`{word:016x}`),
+/// computed for all digits at once in a `u128` (one byte per digit) instead of looked up one by one.
 pub fn hex_of_word(word: u64) -> [u8; 16] {
     const fn repeat(byte: u8) -> u128 {
         u128::from_ne_bytes([byte; 16])
@@ -160,12 +146,6 @@ mod tests {
         ] {
             assert_eq!(hex_of_word(word), *format!("{word:016x}").as_bytes());
         }
-        // Whole words and a remainder.
-        let bytes: Vec<u8> = (0..=12).map(|b| b * 21).collect();
-        let mut out = vec![0; bytes.len() * 2];
-        write_hex(&mut out, &bytes);
-        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(String::from_utf8(out).expect("ascii"), expected);
     }
 
     #[test]
