@@ -3,6 +3,7 @@
 //! stall watchdog. Handlers are never instrumented by hand; the route layer does it.
 
 pub mod canary;
+pub mod clock;
 pub mod exposition;
 pub mod http_metrics;
 pub mod logging;

@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -24,6 +23,7 @@ use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Telemetry;
+use super::clock::Stamp;
 use super::http_metrics::{RouteInstruments, RouteKey};
 use super::poll_stats::{Measured, PollStats};
 use super::request_context::{InRequest, InlineText, MAX_REQUEST_ID, RequestContext};
@@ -90,7 +90,7 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let started = Instant::now();
+        let started = Stamp::now();
         let route = request
             .extensions()
             .get::<MatchedPath>()
@@ -139,7 +139,7 @@ pin_project_lite::pin_project! {
         inner: tokio_metrics::Instrumented<Measured<InRequest<F>>, &'static TaskMonitorCore>,
         span: Option<Span>,
         context: Arc<RequestContext>,
-        started: Instant,
+        started: Stamp,
         // The request in flight and its `x-request-id`; `None` once the response is out.
         finish: Option<(InFlight, HeaderValue)>,
     }

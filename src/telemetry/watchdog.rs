@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::TaskMeta;
 
+use super::clock::Stamp;
 use super::metric_names::{STALL_DURATION, STALLS, STALLS_IN_PROGRESS};
 use super::request_context::RequestContext;
 
@@ -77,7 +78,7 @@ impl Slot {
 
 /// The watchdog shared by the runtime hooks, the route layer and the scanning thread.
 pub struct Watchdog {
-    epoch: Instant,
+    epoch: Stamp,
     threshold: Duration,
     slots: Mutex<Vec<Weak<Slot>>>,
     stopped: AtomicBool,
@@ -93,7 +94,7 @@ thread_local! {
 impl Watchdog {
     pub fn new(threshold: Duration) -> Arc<Self> {
         Arc::new(Self {
-            epoch: Instant::now(),
+            epoch: Stamp::now(),
             threshold,
             slots: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
@@ -123,7 +124,8 @@ impl Watchdog {
 
     fn now_ns(&self) -> u64 {
         // +1 keeps 0 free to mean "idle"; u64 nanoseconds last 584 years.
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
+        // The time-stamp counter, not `Instant`: this runs twice per task poll (see `clock`).
+        self.epoch.nanos_until(Stamp::now()).saturating_add(1)
     }
 
     fn with_slot<R>(&self, f: impl FnOnce(&Slot) -> R) -> R {
