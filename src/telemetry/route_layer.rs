@@ -25,6 +25,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::Telemetry;
 use super::clock::Stamp;
 use super::http_metrics::{RouteInstruments, RouteKey};
+use super::id_header;
 use super::poll_stats::{Measured, PollStats};
 use super::request_context::{InRequest, InlineText, MAX_REQUEST_ID, RequestContext};
 use super::trace_context::{self, SpanIds};
@@ -488,8 +489,8 @@ fn generated_request_id(n: u64) -> HeaderValue {
     let mut id = *b"req-0000000000000000";
     let end = id.len() - 2 * skip;
     id[4..end].copy_from_slice(&trace_context::hex_of_word(n)[2 * skip..]);
-    // Hex digits and `req-` are always a valid header value.
-    HeaderValue::from_bytes(&id[..end]).unwrap_or_else(|_| HeaderValue::from_static("req-invalid"))
+    // Hex digits and `req-`: always ASCII, so never the fallback.
+    id_header::id_value(&id[..end]).unwrap_or_else(|| HeaderValue::from_static("req-invalid"))
 }
 
 #[cfg(test)]

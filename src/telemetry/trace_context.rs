@@ -94,7 +94,7 @@ impl SpanIds {
         if self.sampled {
             text[54] = b'1';
         }
-        HeaderValue::from_bytes(&text).ok()
+        super::id_header::id_value(&text)
     }
 }
 
