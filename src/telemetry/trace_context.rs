@@ -99,16 +99,25 @@ impl SpanIds {
 }
 
 /// The sixteen lower-case hex digits of `word`, most significant first (`{word:016x}`),
-/// computed for all digits at once in a `u128` (one byte per digit) instead of looked up one by one.
+/// computed eight digits at a time in a `u64` (one byte per digit) instead of looked up one by
+/// one. (A single `u128` for all sixteen measured slower: every shift and add on it is two or
+/// three instructions.)
 pub fn hex_of_word(word: u64) -> [u8; 16] {
-    const fn repeat(byte: u8) -> u128 {
-        u128::from_ne_bytes([byte; 16])
+    let mut hex = [0; 16];
+    hex[..8].copy_from_slice(&hex_of_half((word >> 32) as u32));
+    hex[8..].copy_from_slice(&hex_of_half(word as u32));
+    hex
+}
+
+/// The eight hex digits of `half`, most significant first.
+fn hex_of_half(half: u32) -> [u8; 8] {
+    const fn repeat(byte: u8) -> u64 {
+        u64::from_ne_bytes([byte; 8])
     }
-    // Spread the sixteen nibbles out, one per byte, keeping their order.
-    let mut v = u128::from(word);
-    v = (v | (v << 32)) & 0x0000_0000_ffff_ffff_0000_0000_ffff_ffff;
-    v = (v | (v << 16)) & 0x0000_ffff_0000_ffff_0000_ffff_0000_ffff;
-    v = (v | (v << 8)) & 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
+    // Spread the eight nibbles out, one per byte, keeping their order.
+    let mut v = u64::from(half);
+    v = (v | (v << 16)) & 0x0000_ffff_0000_ffff;
+    v = (v | (v << 8)) & 0x00ff_00ff_00ff_00ff;
     v = (v | (v << 4)) & repeat(0x0f);
     // Each byte is now 0..=15: digits are '0' + v, letters 'a' - 10 + v, 39 further on.
     // (v + 6) >> 4 is 1 exactly for the letters; no byte carries into the next.
@@ -145,6 +154,13 @@ mod tests {
             u64::MAX,
         ] {
             assert_eq!(hex_of_word(word), *format!("{word:016x}").as_bytes());
+        }
+        // Every digit value in every position.
+        for position in 0..16 {
+            for digit in 0..16u64 {
+                let word = (digit << (4 * position)) | 0x1000_0000_0000_0001;
+                assert_eq!(hex_of_word(word), *format!("{word:016x}").as_bytes());
+            }
         }
     }
 
