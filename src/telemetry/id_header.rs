@@ -7,9 +7,9 @@
 //! a few kilobytes at a time, and hands out each id as a slice of it (a reference count, no
 //! allocation); a buffer is freed when the last response holding a slice of it is gone. The
 //! ids are text this crate formats itself — fixed ASCII prefixes, hex digits and dashes — so
-//! the per-byte check is replaced by one that the text is ASCII, which is all the unchecked
-//! constructor needs to be sound; that the ASCII is printable is what the formatters' own tests
-//! check (and debug builds assert).
+//! the per-byte check is replaced by a word-at-a-time one that the text is ASCII, which is all
+//! the unchecked constructor needs to be sound; that the ASCII is printable is what the
+//! formatters' own tests check (and debug builds assert).
 
 use std::cell::RefCell;
 
@@ -23,9 +23,10 @@ thread_local! {
     static BUFFER_LEFT: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-/// `ascii` as a header value; `None` if it is not ASCII. Meant for ids this crate formats:
-/// printable ASCII (asserted in debug builds).
-pub fn id_value(ascii: &[u8]) -> Option<HeaderValue> {
+/// `ascii` as a header value; `None` if it is not ASCII. Only for ids this crate formats,
+/// which are printable ASCII (asserted in debug builds): ASCII control characters pass the
+/// check, which is why this is not for text from anywhere else.
+pub(crate) fn id_value(ascii: &[u8]) -> Option<HeaderValue> {
     if !ascii.is_ascii() {
         return None;
     }

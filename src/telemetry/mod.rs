@@ -6,7 +6,7 @@ pub mod canary;
 pub mod clock;
 pub mod exposition;
 pub mod http_metrics;
-pub mod id_header;
+mod id_header;
 pub mod logging;
 pub mod metric_names;
 pub mod otlp;
