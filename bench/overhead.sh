@@ -6,11 +6,13 @@
 # every span is built, queued and exported; the endpoint is a closed port, so the export
 # itself fails cheaply and the figure is the request path's share of tracing).
 #
-#   bench/overhead.sh [seconds per run (default 10)] [connections (default 32)] [rounds (default 7)]
+#   bench/overhead.sh [seconds per run (default 10)] [connections (default 32)] [rounds (default 15)]
 #
 # Each round runs the three sides back to back; the ratio is taken within each round (so drift
 # between rounds, common on a shared VM, cancels) and the median round is reported, with the
-# spread, so one noisy run cannot decide the outcome.
+# spread, so one noisy run cannot decide the outcome. Fifteen rounds (about twelve minutes):
+# on the two-core VM of docs/benchmarks.md two seven-round runs of one build gave 0.892 and
+# 0.954, and a fifteen-round one 0.862 — seven rounds were not enough to tell 0.95 apart.
 #
 # Needs oha (`cargo install oha --locked`). Writes the table to docs/benchmarks.md between the
 # markers, and prints it. Target: instrumented ≥ 0.95 × bare requests/s.
@@ -18,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10}
 connections=${2:-32}
-rounds=${3:-7}
+rounds=${3:-15}
 # Only the "exporting" runs export; a collector set in the caller's shell would skew the rest.
 unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
 # The service's own defaults, log level included (RUST_LOG unset: info).
