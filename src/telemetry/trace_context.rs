@@ -86,9 +86,7 @@ impl SpanIds {
         // time: it runs for every response, and a growing `String` checked and encoded each
         // character.
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        let trace_id = u128::from_be_bytes(self.trace_id.to_bytes());
-        text[3..19].copy_from_slice(&hex_of_word((trace_id >> 64) as u64));
-        text[19..35].copy_from_slice(&hex_of_word(trace_id as u64));
+        text[3..35].copy_from_slice(&trace_id_hex(self.trace_id));
         let span_id = u64::from_be_bytes(self.span_id.to_bytes());
         text[36..52].copy_from_slice(&hex_of_word(span_id));
         if self.sampled {
@@ -125,16 +123,13 @@ fn hex_of_half(half: u32) -> [u8; 8] {
     (v + repeat(b'0') + letters * 39).to_be_bytes()
 }
 
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-
-/// Appends the lower-case hex of `bytes` to `out`: what `{:032x}` does for a trace id, without
-/// the formatting machinery, which showed in profiles since it runs for every request.
-pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    out.reserve(bytes.len() * 2);
-    for &byte in bytes {
-        out.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
-    }
+/// The 32 lower-case hex digits of `trace_id`, its `Display` form (`traceparent`, logs).
+pub fn trace_id_hex(trace_id: TraceId) -> [u8; 32] {
+    let trace_id = u128::from_be_bytes(trace_id.to_bytes());
+    let mut hex = [0; 32];
+    hex[..16].copy_from_slice(&hex_of_word((trace_id >> 64) as u64));
+    hex[16..].copy_from_slice(&hex_of_word(trace_id as u64));
+    hex
 }
 
 #[cfg(test)]
@@ -256,9 +251,15 @@ mod tests {
     }
 
     #[test]
-    fn hex_is_lower_case_and_zero_padded() {
-        let mut out = String::from("x");
-        push_hex(&mut out, &[0x00, 0x0f, 0xa0, 0xff]);
-        assert_eq!(out, "x000fa0ff");
+    fn trace_id_hex_is_the_display_form() {
+        for hex in [
+            "0af7651916cd43dd8448eb211c80319c",
+            "00000000000000000000000000000001",
+            "ffffffffffffffff0000000000000000",
+        ] {
+            let trace_id = TraceId::from_hex(hex).expect("trace id");
+            assert_eq!(trace_id_hex(trace_id), *trace_id.to_string().as_bytes());
+            assert_eq!(trace_id_hex(trace_id), *hex.as_bytes());
+        }
     }
 }
