@@ -558,14 +558,22 @@ mod tests {
         assert_eq!(generated_request_id(u64::MAX), "req-ffffffffffffffff");
     }
 
-    /// `http_server_active_requests` of `route`, from the service's `/metrics` document.
-    fn active_requests(telemetry: &Telemetry, route: &str) -> Option<f64> {
-        let label = format!("http_route=\"{route}\"");
+    /// The values of `metric`'s samples for `route`, from the service's `/metrics` document.
+    fn route_samples(telemetry: &Telemetry, metric: &str, route: &str) -> Vec<f64> {
+        let (prefix, label) = (format!("{metric}{{"), format!("http_route=\"{route}\""));
         telemetry
             .render()
             .lines()
-            .find(|line| line.starts_with("http_server_active_requests{") && line.contains(&label))
-            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .filter(|line| line.starts_with(&prefix) && line.contains(&label))
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect()
+    }
+
+    /// `http_server_active_requests` of `route`.
+    fn active_requests(telemetry: &Telemetry, route: &str) -> Option<f64> {
+        route_samples(telemetry, "http_server_active_requests", route)
+            .first()
+            .copied()
     }
 
     /// A client that hangs up drops its request's future mid-way: the request must still
@@ -634,13 +642,13 @@ mod tests {
         let polls = format!("stallscope_task_polls_total{{route=\"{ROUTE}\",variant=\"none\"}} 2");
         let rendered = telemetry.render();
         assert!(rendered.contains(&polls), "{rendered}");
-        let label = format!("http_route=\"{ROUTE}\"");
-        let requests_counted = rendered
-            .lines()
-            .filter(|line| line.contains(&label))
-            .filter(|line| line.starts_with("http_server_request_duration_seconds_count"))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
+        let requests_counted: f64 = route_samples(
+            &telemetry,
+            "http_server_request_duration_seconds_count",
+            ROUTE,
+        )
+        .iter()
+        .sum();
         assert_eq!(requests_counted, 0.0, "no HTTP metrics on the floor");
     }
 
