@@ -93,6 +93,41 @@ pub struct LimitArgs {
     pub max_cpu_iterations: u64,
 }
 
+/// The range a lesson's query parameter accepts, and its value when a request leaves it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub min: u64,
+    pub max: u64,
+    pub default: u64,
+}
+
+/// `ms` when a request leaves it out: the tutorial's one-second `time.sleep(1)`.
+pub const DEFAULT_MS: u64 = 1_000;
+
+/// `iterations` when a request leaves it out: about one second of hashing on a current
+/// x86-64 core (~20 M SHA-256 rounds/s), so the CPU lesson reads like the sleep lesson.
+pub const DEFAULT_CPU_ITERATIONS: u64 = 20_000_000;
+
+impl LimitArgs {
+    /// `ms` of the waiting lessons (sleep, upstream, db): 0 to `--max-sleep-ms`.
+    pub fn ms(&self) -> Bounds {
+        Bounds {
+            min: 0,
+            max: self.max_sleep_ms,
+            default: DEFAULT_MS.min(self.max_sleep_ms),
+        }
+    }
+
+    /// `iterations` of the CPU lesson: 1 to `--max-cpu-iterations`.
+    pub fn cpu_iterations(&self) -> Bounds {
+        Bounds {
+            min: 1,
+            max: self.max_cpu_iterations.max(1),
+            default: DEFAULT_CPU_ITERATIONS.clamp(1, self.max_cpu_iterations.max(1)),
+        }
+    }
+}
+
 /// Where the `/upstream/*` lessons send their requests.
 #[derive(Debug, Clone, Args)]
 pub struct UpstreamClientArgs {

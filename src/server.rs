@@ -44,7 +44,8 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
             crate::routes::admin_router(&telemetry),
         )
         .with_context(|| format!("could not serve /metrics on {bind}"))?;
-        tracing::info!(addr = %admin.addr(), "serving /metrics from its own thread");
+        let url = browsable_url(admin.addr());
+        tracing::info!("serving {url}/metrics from its own thread");
         helpers.push(admin);
     }
     let runtime = crate::runtime::build(&args.runtime, telemetry.watchdog())
@@ -110,10 +111,10 @@ pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<()> {
         let listener = TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("could not listen on {}", args.bind))?;
+        let base = browsable_url(listener.local_addr()?);
         tracing::info!(
-            addr = %listener.local_addr()?,
             workers = args.runtime.worker_threads(),
-            "stallscope is serving; open /docs for the API"
+            "stallscope is serving: open {base}/docs to run the lessons; metrics at {base}/metrics"
         );
         let on_signal = shutdown.clone();
         tokio::task::Builder::new()
@@ -131,6 +132,17 @@ pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<()> {
     // Blocking-pool threads still sleeping for a stalled request must not hold up exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// `http://HOST:PORT` for a listening address, as a person would paste it into a browser: a
+/// wildcard address (`0.0.0.0`, `[::]`) is reachable on loopback, which a browser can open.
+pub fn browsable_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if !ip.is_unspecified() => ip,
+        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -227,6 +239,25 @@ impl Drop for RunningService {
         self.shutdown.cancel();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::browsable_url;
+
+    #[test]
+    fn listening_addresses_become_urls_a_browser_opens() {
+        for (addr, url) in [
+            ("127.0.0.1:3000", "http://127.0.0.1:3000"),
+            ("0.0.0.0:3000", "http://127.0.0.1:3000"),
+            ("[::]:8080", "http://[::1]:8080"),
+            ("[::1]:8080", "http://[::1]:8080"),
+            ("192.0.2.7:80", "http://192.0.2.7:80"),
+        ] {
+            let addr = addr.parse().expect("a socket address");
+            assert_eq!(browsable_url(addr), url);
         }
     }
 }

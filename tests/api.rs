@@ -52,6 +52,10 @@ fn app_with_upstream(upstream_url: &str, timeout: Duration) -> TestApp {
         max_sleep_ms: MAX_SLEEP_MS,
         max_cpu_iterations: MAX_CPU_ITERATIONS,
     };
+    app_with_limits(limits, upstream_url, timeout)
+}
+
+fn app_with_limits(limits: LimitArgs, upstream_url: &str, timeout: Duration) -> TestApp {
     let (db, dir) = sqlite_database();
     let state = AppState::new(
         limits,
@@ -114,7 +118,6 @@ async fn bad_parameters_are_400_problems_naming_the_parameter_and_range() {
     let too_long = format!("ms={}", MAX_SLEEP_MS + 1);
     let too_many = format!("iterations={}", MAX_CPU_ITERATIONS + 1);
     let cases: Vec<(String, &str, &str, &str)> = [
-        ("/sleep/async", "", "ms", "missing"),
         ("/sleep/blocking", "ms=abc", "ms", "not a whole number"),
         ("/sleep/spawn-blocking", "ms=-1", "ms", "negative"),
         (
@@ -131,7 +134,6 @@ async fn bad_parameters_are_400_problems_naming_the_parameter_and_range() {
             "ms",
             "not a whole number",
         ),
-        ("/cpu/inline", "", "iterations", "missing"),
         ("/cpu/rayon", "iterations=0", "iterations", "out of range"),
         (
             "/cpu/spawn-blocking",
@@ -169,6 +171,34 @@ async fn bad_parameters_are_400_problems_naming_the_parameter_and_range() {
         };
         assert!(detail.contains(range.as_str()), "{uri} ({path}): {detail}");
     }
+}
+
+/// Left out, `ms` is the tutorial's one second and `iterations` the ~1 s default, or the cap
+/// when `--max-cpu-iterations` is lower: what the OpenAPI document states as defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_lesson_parameters_take_their_documented_defaults() {
+    let (status, _, body) = call(test_app().router(), Method::GET, "/sleep/async").await;
+    assert_eq!(status, StatusCode::OK);
+    let report: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(report["requested"]["ms"], 1_000, "{report}");
+    // A debug build hashes slowly: a low cap keeps this quick, and shows the default is capped.
+    let low_cap = LimitArgs {
+        max_sleep_ms: MAX_SLEEP_MS,
+        max_cpu_iterations: 1_000,
+    };
+    let app = app_with_limits(low_cap, "http://127.0.0.1:9", Duration::from_secs(2));
+    let (status, _, body) = call(app.router(), Method::GET, "/cpu/rayon").await;
+    assert_eq!(status, StatusCode::OK);
+    let report: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(report["requested"]["iterations"], 1_000, "{report}");
+    let uncapped = LimitArgs {
+        max_sleep_ms: MAX_SLEEP_MS,
+        max_cpu_iterations: u64::MAX,
+    };
+    assert_eq!(
+        uncapped.cpu_iterations().default,
+        stallscope::config::DEFAULT_CPU_ITERATIONS
+    );
 }
 
 #[tokio::test]
@@ -366,6 +396,17 @@ async fn openapi_describes_every_lesson_and_docs_are_served_offline() {
             "{method} {path} missing from OpenAPI"
         );
     }
+    let front = test_app()
+        .router()
+        .oneshot(Request::get("/").body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    assert_eq!(
+        front.status(),
+        StatusCode::TEMPORARY_REDIRECT,
+        "/ sends a browser to the docs"
+    );
+    assert_eq!(front.headers()["location"], "/docs/");
     let (status, _, body) = call(test_app().router(), Method::GET, "/docs/").await;
     assert_eq!(status, StatusCode::OK);
     let page = String::from_utf8_lossy(&body);
@@ -391,6 +432,107 @@ async fn openapi_describes_every_lesson_and_docs_are_served_offline() {
     )
     .await;
     assert!(String::from_utf8_lossy(&body).contains("/openapi.json"));
+}
+
+/// Swagger UI's "Try it out" → Execute must work in one click on every lesson: operation ids
+/// unique (Swagger mixes up operations that share one), variants a dropdown of the real names
+/// with one preselected, numeric parameters with the bounds the handlers enforce and a
+/// default, and every status a lesson can answer documented.
+#[tokio::test]
+async fn openapi_operations_are_unique_and_lessons_run_in_one_click() {
+    use stallscope::routes::upstream::UpstreamVariant;
+    use stallscope::routes::{cpu::CpuVariant, db::DbVariant, sleep::SleepVariant};
+
+    let (_, _, body) = call(test_app().router(), Method::GET, "/openapi.json").await;
+    let spec: Value = serde_json::from_slice(&body).expect("OpenAPI is JSON");
+    let mut ids = std::collections::BTreeSet::new();
+    let mut operations = 0;
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("path item") {
+            operations += 1;
+            let id = operation["operationId"].as_str().unwrap_or_default();
+            assert!(!id.is_empty(), "{method} {path} has no operationId");
+            assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
+        }
+    }
+    assert!(operations >= 15, "{operations} operations");
+
+    let lessons: [(&str, &[&str], &str, &[&str]); 5] = [
+        (
+            "/sleep/{variant}",
+            SleepVariant::NAMES,
+            "ms",
+            &["200", "400", "404", "500"],
+        ),
+        (
+            "/cpu/{variant}",
+            CpuVariant::NAMES,
+            "iterations",
+            &["200", "400", "404", "500"],
+        ),
+        (
+            "/upstream/{variant}",
+            UpstreamVariant::NAMES,
+            "ms",
+            &["200", "400", "404", "500", "502", "504"],
+        ),
+        (
+            "/db/{variant}/sleep",
+            DbVariant::NAMES,
+            "ms",
+            &["200", "400", "404", "500", "503"],
+        ),
+        (
+            "/db/{variant}/users/{id}",
+            DbVariant::NAMES,
+            "id",
+            &["200", "400", "404", "500", "503"],
+        ),
+    ];
+    for (path, names, numeric, statuses) in lessons {
+        let operation = &spec["paths"][path]["get"];
+        let parameters = operation["parameters"].as_array().expect("parameters");
+        let parameter = |name: &str| {
+            parameters
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{path} has no parameter {name}"))
+        };
+        let variant = &parameter("variant")["schema"];
+        let listed: Vec<&str> = variant["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path}: variant is not an enum: {variant}"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(listed, names, "{path}");
+        assert_eq!(
+            variant["default"], names[0],
+            "{path}: no preselected variant"
+        );
+        if numeric != "id" {
+            let (max, default) = if numeric == "ms" {
+                (MAX_SLEEP_MS, 1_000)
+            } else {
+                (
+                    MAX_CPU_ITERATIONS,
+                    MAX_CPU_ITERATIONS.min(stallscope::config::DEFAULT_CPU_ITERATIONS),
+                )
+            };
+            let param = parameter(numeric);
+            assert_ne!(param["required"], true, "{path}: {numeric} has a default");
+            let schema = &param["schema"];
+            assert_eq!(schema["maximum"], max, "{path}: {schema}");
+            assert_eq!(schema["default"], default, "{path}: {schema}");
+            assert!(schema["minimum"].is_u64(), "{path}: {schema}");
+        }
+        for status in statuses {
+            assert!(
+                operation["responses"][status].is_object(),
+                "{path} does not document {status}"
+            );
+        }
+    }
 }
 
 /// Every response names its request: the client's `x-request-id` when it is a short printable

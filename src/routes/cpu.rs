@@ -64,10 +64,11 @@ fn hash_and_report(iterations: u64) -> WorkDone {
 #[utoipa::path(
     get,
     path = "/cpu/{variant}",
+    operation_id = "cpu",
     tag = "cpu",
     params(
-        ("variant" = String, Path, description = "inline | spawn-blocking | rayon"),
-        ("iterations" = u64, Query, description = "SHA-256 rounds (1 to --max-cpu-iterations)"),
+        ("variant" = inline(CpuVariant), Path, description = "Where to hash: `inline` is the stalling one"),
+        ("iterations" = Option<u64>, Query, description = "SHA-256 rounds (1 to `--max-cpu-iterations`; the default takes about a second on a current x86-64 core)"),
     ),
     responses(
         (status = 200, description = "Hashed", body = WorkReport),
@@ -81,11 +82,8 @@ pub async fn handler(
     RawQuery(query): RawQuery,
 ) -> Result<Json<WorkReport>, AppError> {
     let variant: CpuVariant = variant.parse()?;
-    let iterations = QueryParams::parse(query.as_deref()).bounded_u64(
-        "iterations",
-        1,
-        state.limits.max_cpu_iterations,
-    )?;
+    let iterations =
+        QueryParams::parse(query.as_deref()).within("iterations", state.limits.cpu_iterations())?;
     let report = WorkReport::begin(
         CpuVariant::LESSON,
         variant.as_str(),

@@ -57,10 +57,11 @@ impl DbVariant {
 #[utoipa::path(
     get,
     path = "/db/{variant}/users/{id}",
+    operation_id = "db_user",
     tag = "db",
     params(
-        ("variant" = String, Path, description = "async | raw | blocking | spawn-blocking"),
-        ("id" = i64, Path, description = "The user's id"),
+        ("variant" = inline(DbVariant), Path, description = "How to query: `blocking` is the stalling one"),
+        ("id" = i64, Path, description = "The user's id", example = 1),
     ),
     responses(
         (status = 200, description = "Found; `output.user` is the user (never the password hash)", body = WorkReport),
@@ -103,10 +104,11 @@ pub async fn user(
 #[utoipa::path(
     get,
     path = "/db/{variant}/sleep",
+    operation_id = "db_sleep",
     tag = "db",
     params(
-        ("variant" = String, Path, description = "async | raw | blocking | spawn-blocking"),
-        ("ms" = u64, Query, description = "How long the database waits, in milliseconds (0 to --max-sleep-ms)"),
+        ("variant" = inline(DbVariant), Path, description = "How to query: `blocking` is the stalling one"),
+        ("ms" = Option<u64>, Query, description = "How long the database waits, in milliseconds (0 to `--max-sleep-ms`; default one second)"),
     ),
     responses(
         (status = 200, description = "The database waited", body = WorkReport),
@@ -121,8 +123,7 @@ pub async fn sleep(
     RawQuery(query): RawQuery,
 ) -> Result<Json<WorkReport>, AppError> {
     let variant: DbVariant = variant.parse()?;
-    let ms =
-        QueryParams::parse(query.as_deref()).bounded_u64("ms", 0, state.limits.max_sleep_ms)?;
+    let ms = QueryParams::parse(query.as_deref()).within("ms", state.limits.ms())?;
     let report = WorkReport::begin(
         DbVariant::LESSON,
         variant.as_str(),

@@ -4,6 +4,7 @@ pub mod cpu;
 pub mod db;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod params;
 pub mod report;
 pub mod sleep;
@@ -16,8 +17,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::handler::Handler;
 use axum::http::Uri;
+use axum::response::Redirect;
 use axum::routing::{MethodFilter, MethodRouter, get};
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::AppError;
@@ -30,41 +31,6 @@ pub const CPU_ROUTE: &str = "/cpu/{variant}";
 pub const UPSTREAM_ROUTE: &str = "/upstream/{variant}";
 pub const DB_USER_ROUTE: &str = "/db/{variant}/users/{id}";
 pub const DB_SLEEP_ROUTE: &str = "/db/{variant}/sleep";
-
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "stallscope",
-        description = "Executor stalls made visible: each lesson has a correct and a stalling variant."
-    ),
-    paths(
-        health::healthz,
-        health::readyz,
-        health::hello,
-        metrics::metrics,
-        sleep::handler,
-        cpu::handler,
-        upstream::handler,
-        db::user,
-        db::sleep,
-        users::create,
-        users::fetch,
-        users::list,
-        users::update,
-        users::remove,
-        users::login
-    ),
-    components(schemas(crate::error::FieldError)),
-    tags(
-        (name = "sleep", description = "Waiting: tokio::time::sleep vs std::thread::sleep"),
-        (name = "cpu", description = "Computing: inline hashing vs the blocking pool vs rayon"),
-        (name = "upstream", description = "Calling a slow service: reqwest vs a blocking client"),
-        (name = "db", description = "Querying a database: diesel-async vs a sync diesel connection"),
-        (name = "users", description = "CRUD on users (diesel models through diesel-async) and login"),
-        (name = "service", description = "Health and baseline"),
-    )
-)]
-pub struct ApiDoc;
 
 /// The variant names of a lesson route template, for bounded metric labels.
 pub fn variants_of(route: &str) -> Option<&'static [&'static str]> {
@@ -81,6 +47,7 @@ pub fn variants_of(route: &str) -> Option<&'static [&'static str]> {
 pub fn router(state: AppState) -> Router {
     let observed = Observed::new(&state.telemetry);
     let router = Router::new()
+        .route("/", observed.get(front_page))
         .route("/healthz", observed.get(health::healthz))
         .route("/readyz", observed.get(health::readyz))
         .route("/hello", observed.get(health::hello))
@@ -91,7 +58,9 @@ pub fn router(state: AppState) -> Router {
         .route(DB_USER_ROUTE, observed.get(db::user))
         .route(DB_SLEEP_ROUTE, observed.get(db::sleep))
         .merge(users::router(&observed))
-        .merge(observed.router(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())));
+        .merge(observed.router(
+            SwaggerUi::new("/docs").url("/openapi.json", openapi::document(&state.limits)),
+        ));
     observed
         .fallbacks(router, not_found, method_not_allowed)
         .with_state(state)
@@ -202,6 +171,12 @@ pub fn admin_router(telemetry: &Arc<Telemetry>) -> Router {
             }),
         )
         .route("/healthz", get(health::healthz))
+}
+
+/// `/` sends a browser to the interactive API docs, where every lesson runs from a button.
+/// Temporary (307): `/` is meant to become a page of its own.
+async fn front_page() -> Redirect {
+    Redirect::temporary("/docs/")
 }
 
 async fn not_found(uri: Uri) -> AppError {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use crate::config::Bounds;
 use crate::error::AppError;
 
 /// The decoded query string of one request.
@@ -59,6 +60,11 @@ impl QueryParams {
         } else {
             Ok(default)
         }
+    }
+
+    /// A lesson parameter within `bounds`, its default when absent.
+    pub fn within(&self, name: &'static str, bounds: Bounds) -> Result<u64, AppError> {
+        self.optional_u64(name, bounds.min, bounds.max, bounds.default)
     }
 
     /// A text parameter as given, if present.

@@ -50,10 +50,11 @@ impl SleepVariant {
 #[utoipa::path(
     get,
     path = "/sleep/{variant}",
+    operation_id = "sleep",
     tag = "sleep",
     params(
-        ("variant" = String, Path, description = "async | blocking | spawn-blocking | block-in-place"),
-        ("ms" = u64, Query, description = "How long to sleep, in milliseconds (0 to --max-sleep-ms)"),
+        ("variant" = inline(SleepVariant), Path, description = "How to wait: `blocking` is the stalling one"),
+        ("ms" = Option<u64>, Query, description = "How long to sleep, in milliseconds (0 to `--max-sleep-ms`; default one second)"),
     ),
     responses(
         (status = 200, description = "Slept", body = WorkReport),
@@ -67,8 +68,7 @@ pub async fn handler(
     RawQuery(query): RawQuery,
 ) -> Result<Json<WorkReport>, AppError> {
     let variant: SleepVariant = variant.parse()?;
-    let ms =
-        QueryParams::parse(query.as_deref()).bounded_u64("ms", 0, state.limits.max_sleep_ms)?;
+    let ms = QueryParams::parse(query.as_deref()).within("ms", state.limits.ms())?;
     let report = WorkReport::begin(
         SleepVariant::LESSON,
         variant.as_str(),

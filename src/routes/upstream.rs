@@ -44,10 +44,11 @@ impl UpstreamVariant {
 #[utoipa::path(
     get,
     path = "/upstream/{variant}",
+    operation_id = "upstream",
     tag = "upstream",
     params(
-        ("variant" = String, Path, description = "async | blocking | spawn-blocking"),
-        ("ms" = u64, Query, description = "How long the upstream takes, in milliseconds (0 to --max-sleep-ms)"),
+        ("variant" = inline(UpstreamVariant), Path, description = "Which client calls the upstream, and where: `blocking` is the stalling one"),
+        ("ms" = Option<u64>, Query, description = "How long the upstream takes, in milliseconds (0 to `--max-sleep-ms`; default one second)"),
     ),
     responses(
         (status = 200, description = "The upstream answered", body = WorkReport),
@@ -63,8 +64,7 @@ pub async fn handler(
     RawQuery(query): RawQuery,
 ) -> Result<Json<WorkReport>, AppError> {
     let variant: UpstreamVariant = variant.parse()?;
-    let ms =
-        QueryParams::parse(query.as_deref()).bounded_u64("ms", 0, state.limits.max_sleep_ms)?;
+    let ms = QueryParams::parse(query.as_deref()).within("ms", state.limits.ms())?;
     let report = WorkReport::begin(
         UpstreamVariant::LESSON,
         variant.as_str(),

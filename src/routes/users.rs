@@ -65,7 +65,7 @@ pub struct LoginResult {
 }
 
 /// Create a user: `{"username", "email", "password"}`.
-#[utoipa::path(post, path = "/users", tag = "users",
+#[utoipa::path(post, path = "/users", tag = "users", operation_id = "create_user",
     request_body(content = Object, description = "`username` (3–64 of A–Z a–z 0–9 _ . -), `email`, `password` (8+ characters)", content_type = "application/json"),
     responses(
         (status = 201, description = "Created; `Location` names the new user", body = UserView),
@@ -121,7 +121,7 @@ pub async fn create(
 }
 
 /// One user by id.
-#[utoipa::path(get, path = "/users/{id}", tag = "users",
+#[utoipa::path(get, path = "/users/{id}", tag = "users", operation_id = "get_user",
     params(("id" = i64, Path, description = "The user's id")),
     responses(
         (status = 200, description = "The user", body = UserView),
@@ -142,7 +142,7 @@ pub async fn fetch(
 
 /// Users by id, a page at a time (`limit` 1–100, default 20; `cursor`: the previous page's
 /// `next_cursor`), or the one user named `username`.
-#[utoipa::path(get, path = "/users", tag = "users",
+#[utoipa::path(get, path = "/users", tag = "users", operation_id = "list_users",
     params(
         ("username" = Option<String>, Query, description = "Exact username: the page holds that user or nobody"),
         ("limit" = Option<u64>, Query, description = "Users per page, 1 to 100 (default 20)"),
@@ -185,7 +185,7 @@ pub async fn list(
 }
 
 /// Change a user's `email` and/or `password` (the username is fixed).
-#[utoipa::path(patch, path = "/users/{id}", tag = "users",
+#[utoipa::path(patch, path = "/users/{id}", tag = "users", operation_id = "update_user",
     params(("id" = i64, Path, description = "The user's id")),
     request_body(content = Object, description = "`email` and/or `password`", content_type = "application/json"),
     responses(
@@ -230,7 +230,7 @@ pub async fn update(
 }
 
 /// Delete a user.
-#[utoipa::path(delete, path = "/users/{id}", tag = "users",
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", operation_id = "delete_user",
     params(("id" = i64, Path, description = "The user's id")),
     responses(
         (status = 204, description = "Deleted"),
@@ -255,7 +255,7 @@ pub async fn remove(
 /// Whether the user exists or not, the same work happens in the same order (one lookup, one
 /// argon2 verification, against a dummy hash when there is no user), and both failures get
 /// the same 401: neither the answer nor its timing says which usernames exist.
-#[utoipa::path(post, path = "/login", tag = "users",
+#[utoipa::path(post, path = "/login", tag = "users", operation_id = "login",
     request_body(content = Object, description = "`username` and `password`", content_type = "application/json"),
     responses(
         (status = 200, description = "The password matches", body = LoginResult),

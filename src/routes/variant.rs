@@ -39,6 +39,20 @@ macro_rules! lesson_variants {
             }
         }
 
+        /// In the OpenAPI document: a string enum of the URL names (Swagger UI shows a
+        /// dropdown), the first one preselected so "Try it out" runs in one click.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some(Self::NAMES.iter().copied()))
+                    .default(Some(Self::NAMES[0].into()))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
