@@ -25,10 +25,22 @@ have pg_config || need_apt+=(libpq-dev)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 [ -e /usr/include/mysql/mysql.h ] || [ -e /usr/include/mariadb/mysql.h ] || need_apt+=(default-libmysqlclient-dev)
 have pkg-config || need_apt+=(pkg-config)
+# The browser check (scripts/checks/browser.sh): Debian's Chromium, driven by playwright-core.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+have node || need_apt+=(nodejs)
+have npm || need_apt+=(npm)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# playwright-core from npm, pinned by package-lock.json (it never downloads a browser).
+browser_dir="$(cd "$(dirname "$0")/checks/browser" && pwd)"
+wanted=$(node -p "require('$browser_dir/package.json').dependencies['playwright-core']")
+have_version=$(node -p "try { require('$browser_dir/node_modules/playwright-core/package.json').version } catch { '' }")
+if [ "$have_version" != "$wanted" ]; then
+  npm ci --prefix "$browser_dir" --no-audit --no-fund --loglevel=error
 fi
 
 # The stack check (scripts/checks/stack.sh): Prometheus and promtool, docker-compose 1.29,

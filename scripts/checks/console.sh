@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# tokio-console, the real binary, against the real service started with --console: the
-# pane must say CONNECTED and list the service's named tasks.
+# tokio-console, the real binary, against the release binary started with --console and one
+# worker, walked through docs/tokio-console.md: the pane must say CONNECTED and list the
+# service's named tasks; during a 4 s blocking request it must warn that a task has never
+# yielded and show the request's connection task running; after it, the warning is gone and
+# the finished connection task shows its busy seconds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/checks/lib.sh
+source scripts/checks/lib.sh
 
 missing=()
 command -v tokio-console >/dev/null || missing+=("tokio-console (cargo install tokio-console --locked)")
@@ -16,14 +21,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 0
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cargo build --locked --quiet
+bin=$(release_binary)
 port=$(free_port)
 console_port=$(free_port)
 session="stallscope-console-$$"
 log=$(mktemp)
 TOKIO_CONSOLE_BIND="127.0.0.1:$console_port" RUST_LOG=warn \
-  target/debug/stallscope serve --console --bind "127.0.0.1:$port" --workers 2 >"$log" 2>&1 &
+  "$bin" serve --console --bind "127.0.0.1:$port" --workers 1 >"$log" 2>&1 &
 service=$!
 cleanup() {
   tmux kill-session -t "$session" 2>/dev/null || true
@@ -33,22 +37,49 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for _ in $(seq 100); do curl -fs "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-curl -fs "127.0.0.1:$port/sleep/async?ms=10" >/dev/null
+wait_until_up "http://127.0.0.1:$port/healthz" "$service"
 
 tmux new-session -d -s "$session" -x 220 -y 60 "tokio-console http://127.0.0.1:$console_port"
 pane=""
-for _ in $(seq 60); do
-  sleep 0.5
-  pane=$(tmux capture-pane -p -t "$session" 2>/dev/null || true)
-  if grep -q CONNECTED <<<"$pane" && grep -q executor-lag-canary <<<"$pane" && grep -q metrics-upkeep <<<"$pane"; then
-    echo "tokio-console is CONNECTED and shows the named tasks:"
-    grep -E 'CONNECTED|executor-lag-canary|metrics-upkeep|signal-listener' <<<"$pane" | sed 's/^/  /'
-    exit 0
-  fi
-done
-echo "tokio-console did not show CONNECTED and the named tasks; last pane:" >&2
-echo "$pane" >&2
-echo "service log:" >&2
-cat "$log" >&2
-exit 1
+fail() {
+  echo "console check: $1; last pane:" >&2
+  echo "$pane" >&2
+  echo "service log:" >&2
+  cat "$log" >&2
+  exit 1
+}
+# wait_for SECONDS PATTERN...: until the pane shows every extended-regex PATTERN.
+wait_for() {
+  local deadline=$((SECONDS + $1)) pattern ok
+  shift
+  while [ $SECONDS -lt $deadline ]; do
+    pane=$(tmux capture-pane -p -t "$session" 2>/dev/null || true)
+    ok=true
+    for pattern in "$@"; do grep -Eq -- "$pattern" <<<"$pane" || ok=false; done
+    [ "$ok" = true ] && return 0
+    sleep 0.25
+  done
+  return 1
+}
+# A connection task's row: axum's per-connection spawn site.
+connection='serve/mod\.rs:389'
+
+wait_for 30 CONNECTED executor-lag-canary metrics-upkeep signal-listener ||
+  fail "tokio-console did not show CONNECTED and the named tasks"
+echo "tokio-console is CONNECTED and shows the named tasks:"
+grep -E 'CONNECTED|executor-lag-canary|metrics-upkeep|signal-listener' <<<"$pane" | sed 's/^/  /'
+
+# The walkthrough of docs/tokio-console.md: hold the only worker for 4 s.
+curl -fs -o /dev/null "127.0.0.1:$port/sleep/blocking?ms=4000" &
+request=$!
+wait_for 3 'tasks have never yielded \(threshold 1000ms\)' "▶ .*$connection" ||
+  fail "during the stall: no never-yielded warning, or no running connection task"
+echo "during the stall: the never-yielded warning and the running connection task:"
+grep -E 'never yielded|'"$connection" <<<"$pane" | cut -c1-150 | sed 's/^/  /'
+wait "$request"
+# After the poll ends: the warning is gone and the finished connection task kept its Busy
+# time (Total and Busy in whole seconds: at least the 4 s it blocked).
+wait_for 5 "⏹ +[4-9]s +[4-9]s .*$connection" && ! grep -q 'never yielded' <<<"$pane" ||
+  fail "after the stall: the warning stayed, or no finished connection task with Busy ≥ 4 s"
+echo "after the stall: warning gone, the connection task done with its busy time:"
+grep -E "$connection" <<<"$pane" | cut -c1-150 | sed 's/^/  /'

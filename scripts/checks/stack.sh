@@ -71,19 +71,13 @@ mkdir "$tmp/context"
 echo "  cargo metadata --locked on the context: ok"
 "$py" "$here/stackcheck.py" rust-version "$tmp/metadata.json"
 
-if [ -n "${STALLSCOPE_BIN:-}" ]; then
-  bin="$STALLSCOPE_BIN"
-else
-  step "cargo build --release --locked"
-  cargo build --release --locked --bin stallscope
-  bin="${CARGO_TARGET_DIR:-$root/target}/release/stallscope"
-fi
-[ -x "$bin" ] || die "no binary at $bin"
+# shellcheck source=scripts/checks/lib.sh
+source "$root/scripts/checks/lib.sh"
+bin=$(release_binary) || die "no release binary"
 
 step "the image's final stage installs the shared libraries the binary links"
 "$py" "$here/stackcheck.py" runtime-libs "$bin"
 
-free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { # url, what, pid
   local i
   for i in $(seq 1 100); do
