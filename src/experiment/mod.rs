@@ -159,7 +159,7 @@ pub struct VariantResult {
     /// Whether the lesson says this variant stalls (the verdict should agree).
     pub expected_to_stall: bool,
     /// Stalls the target's watchdog reported for this variant during the run (from its
-    /// `/metrics`; absent if it could not be read).
+    /// `/metrics`; `null` if it could not be read).
     pub watchdog_stalls: Option<u64>,
     /// Failed requests, if any, with their status or error.
     #[serde(skip_serializing_if = "Vec::is_empty")]

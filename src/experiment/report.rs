@@ -74,10 +74,10 @@ impl Verdict {
 /// One table per lesson, e.g.
 ///
 /// ```text
-/// sleep — 2 concurrent requests of 1000 ms on 1 worker
-///   variant          completions (ms)     slowest/parallel  verdict
-///   async            1002, 1003                       1.00  parallel
-///   blocking         1001, 2003                       2.00  serialised: the executor was blocked
+/// sleep — 2 concurrent requests of 1000 ms on 1 worker (parallel finish ≈ 1000 ms)
+///   variant          completions (ms)       slowest/parallel   stalls  verdict
+///   async            1002, 1002                         1.00        0  parallel
+///   blocking         1001, 2001                         2.00        2  serialised: the executor was blocked
 /// ```
 pub fn render_table(report: &ExperimentReport) -> String {
     let mut out = String::new();

@@ -11,7 +11,7 @@ use crate::runtime::current_thread_name;
 /// What one request did, where, and what it teaches.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkReport {
-    /// The kind of work (the lesson's first path segment): `sleep`, `cpu` or `upstream`.
+    /// The kind of work (the lesson's first path segment): `sleep`, `cpu`, `upstream` or `db`.
     pub work: &'static str,
     /// Variant name, e.g. `blocking`.
     pub variant: &'static str,
