@@ -50,7 +50,7 @@ fn sigterm(child: &Child) {
 }
 
 /// SIGTERM while a request is in flight: the request still completes, then the process
-/// exits 0, and no new connection is accepted after.
+/// exits 0, and no new connection is accepted after. (Its log also shows the start-up line.)
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let port = free_port();
@@ -79,6 +79,11 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(output.status.success(), "exit status {:?}", output.status);
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("draining"), "{log}");
+    // The start-up line gives URLs a terminal makes clickable, not bare paths.
+    assert!(
+        log.contains(&format!("open {base}/docs to run the lessons")),
+        "{log}"
+    );
     assert!(reqwest::get(format!("{base}/healthz")).await.is_err());
 }
 
