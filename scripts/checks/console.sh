@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tokio-console, the real binary, against the release binary started with --console and one
 # worker, walked through docs/tokio-console.md: the pane must say CONNECTED and list the
-# service's named tasks; during a 4 s blocking request it must warn that a task has never
+# service's named tasks, the span exporter's included; during a 4 s blocking request it must warn that a task has never
 # yielded and show the request's connection task running; after it, the warning is gone and
 # the finished connection task shows its busy seconds.
 set -euo pipefail
@@ -26,7 +26,9 @@ port=$(free_port)
 console_port=$(free_port)
 session="stallscope-console-$$"
 log=$(mktemp)
-TOKIO_CONSOLE_BIND="127.0.0.1:$console_port" RUST_LOG=warn \
+# An OTLP endpoint (a closed port: nothing needs to receive) so the span exporter's task runs.
+TOKIO_CONSOLE_BIND="127.0.0.1:$console_port" RUST_LOG=error \
+OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$(free_port)" \
   "$bin" serve --console --bind "127.0.0.1:$port" --workers 1 >"$log" 2>&1 &
 service=$!
 cleanup() {
@@ -64,10 +66,10 @@ wait_for() {
 # A connection task's row: axum's per-connection spawn site.
 connection='serve/mod\.rs:389'
 
-wait_for 30 CONNECTED executor-lag-canary metrics-upkeep signal-listener ||
+wait_for 30 CONNECTED executor-lag-canary metrics-upkeep signal-listener otlp-span-exporter ||
   fail "tokio-console did not show CONNECTED and the named tasks"
 echo "tokio-console is CONNECTED and shows the named tasks:"
-grep -E 'CONNECTED|executor-lag-canary|metrics-upkeep|signal-listener' <<<"$pane" | sed 's/^/  /'
+grep -E 'CONNECTED|executor-lag-canary|metrics-upkeep|signal-listener|otlp-span-exporter' <<<"$pane" | cut -c1-150 | sed 's/^/  /'
 
 # The walkthrough of docs/tokio-console.md: hold the only worker for 4 s.
 curl -fs -o /dev/null "127.0.0.1:$port/sleep/blocking?ms=4000" &

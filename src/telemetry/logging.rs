@@ -101,9 +101,13 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
     let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
     let otlp = OtlpSettings::from_env();
     let mut export_error = None;
+    let mut export_gate = None;
     if let Some(settings) = &otlp {
         match QueueingProcessor::start(settings) {
-            Ok(processor) => provider = provider.with_span_processor(processor),
+            Ok((processor, gate)) => {
+                provider = provider.with_span_processor(processor);
+                export_gate = Some(gate);
+            }
             Err(err) => export_error = Some(format!("{err:#}")),
         }
     }
@@ -164,6 +168,8 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
     if installed.is_err() {
         eprintln!("stallscope: a tracing subscriber was already installed; keeping it");
     }
+    // The exporting task starts now, where tokio-console's layer sees it.
+    drop(export_gate);
     match (&otlp, export_error) {
         (Some(settings), None) => tracing::info!(
             endpoint = %settings.endpoint,

@@ -100,9 +100,15 @@ pub struct QueueingProcessor {
     exporter_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// Holds the exporter thread's task back until dropped: the subscriber (with tokio-console's
+/// layer, which only sees tasks spawned after it is installed) must exist first.
+pub struct ExportGate(#[allow(dead_code)] std::sync::mpsc::SyncSender<()>);
+
 impl QueueingProcessor {
-    /// Builds the OTLP exporter for `settings` and starts the exporter thread.
-    pub fn start(settings: &OtlpSettings) -> anyhow::Result<Self> {
+    /// Builds the OTLP exporter for `settings` and starts the exporter thread, which spawns
+    /// its exporting task once the returned gate is dropped.
+    pub fn start(settings: &OtlpSettings) -> anyhow::Result<(Self, ExportGate)> {
+        let (gate, gate_opened) = std::sync::mpsc::sync_channel::<()>(0);
         let (queue, receiver) = mpsc::channel(settings.max_queue_size);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -113,6 +119,8 @@ impl QueueingProcessor {
         let thread = std::thread::Builder::new()
             .name("otel-exporter".into())
             .spawn(move || {
+                // Nothing is ever sent: the gate opens when its sender is dropped.
+                let _ = gate_opened.recv();
                 runtime.block_on(async move {
                     // A named task, so tokio-console shows what this thread does.
                     match tokio::task::Builder::new()
@@ -126,10 +134,13 @@ impl QueueingProcessor {
                     }
                 });
             })?;
-        Ok(Self {
-            queue: Mutex::new(Some(queue)),
-            exporter_thread: Mutex::new(Some(thread)),
-        })
+        Ok((
+            Self {
+                queue: Mutex::new(Some(queue)),
+                exporter_thread: Mutex::new(Some(thread)),
+            },
+            ExportGate(gate),
+        ))
     }
 
     fn sender(&self) -> Option<mpsc::Sender<Message>> {
