@@ -330,10 +330,14 @@ def executor_health():
             "for a runtime worker. Healthy is well under 1 ms. Over 10 ms (amber) requests are "
             "already queuing behind something; over 100 ms (red) a handler is holding a worker "
             "with blocking or CPU-heavy code, and every request on that worker waits as long. "
-            "If p99 jumps while p50 stays low, one worker is stuck and the others still run.",
+            "A late tick also counts the ticks it swallowed, so a 1 s stall weighs a hundred "
+            "samples and moves p99 for a minute; 'max' is the largest lag between two scrapes, "
+            "so even one short stall shows. If p99 jumps while p50 stays low, one worker is "
+            "stuck and the others still run.",
             [
                 target(f"stallscope:executor_lag_seconds:p50_1m{{{INSTANCE}}}", "p50 {{instance}}", "A"),
                 target(f"stallscope:executor_lag_seconds:p99_1m{{{INSTANCE}}}", "p99 {{instance}}", "B"),
+                target(f"stallscope:executor_lag_max_seconds:max1m{{{INSTANCE}}}", "max {{instance}}", "C"),
             ],
             "s",
             thresholds=LAG_STEPS,

@@ -325,6 +325,84 @@ async fn metrics_pass_promtool() {
     );
 }
 
+/// Executor lag counts what a stall swallowed: a 1 s stall on the only worker delays about a
+/// hundred 10 ms canary ticks, and the histogram records each of them (not just the one tick
+/// that finally ran), so the lag percentiles move; the max-lag gauge shows the stall at the
+/// next scrape, whatever the scrape interval.
+#[tokio::test]
+async fn a_one_second_stall_moves_the_executor_lag() {
+    let _serial = SERIAL.lock().await;
+    let service = ServiceProcess::start(&["--workers", "1"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = service.scrape().await;
+    let slow_before = before.histogram_above("stallscope_executor_lag_seconds", 0.1);
+    let response = reqwest::get(format!("{}/sleep/blocking?ms=1000", service.base_url))
+        .await
+        .expect("answered");
+    assert!(response.status().is_success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = service.scrape().await;
+    let slow = after.histogram_above("stallscope_executor_lag_seconds", 0.1) - slow_before;
+    assert!(
+        slow >= 50.0,
+        "a 1 s stall must add ≥ 50 lag samples ≥ 0.1 s, added {slow}:\n{}",
+        after.text
+    );
+    let max = after.value("stallscope_executor_lag_max_seconds", &[]);
+    assert!(max >= 0.9, "max lag since the last scrape: {max}");
+    // Read by a scrape, the max starts over.
+    let next = service.scrape().await;
+    assert!(next.value("stallscope_executor_lag_max_seconds", &[]) < 0.5);
+}
+
+/// `block_in_place` hands its worker to another thread before it blocks, so however long it
+/// takes, the executor keeps running: never a stall. Durations around the threshold matter
+/// most: a poll that ends between two watchdog scans is judged when it ends, and must be
+/// judged the same way (20 requests each, four at a time, on one worker).
+#[tokio::test]
+async fn block_in_place_is_never_counted_as_a_stall() {
+    let _serial = SERIAL.lock().await;
+    let service = ServiceProcess::start(&["--workers", "1", "--stall-threshold-ms", "100"]).await;
+    let client = reqwest::Client::new();
+    for ms in [95, 100, 105, 300] {
+        for _batch in 0..5 {
+            let requests = (0..4).map(|_| {
+                client
+                    .get(format!("{}/sleep/block-in-place?ms={ms}", service.base_url))
+                    .send()
+            });
+            for response in futures::future::join_all(requests).await {
+                assert!(response.expect("answered").status().is_success());
+            }
+        }
+    }
+    let scrape = service.scrape().await;
+    let stalls = scrape.value(
+        "stallscope_stalls_total",
+        &[("route", ROUTE), ("variant", "block-in-place")],
+    );
+    assert_eq!(
+        stalls, 0.0,
+        "block-in-place counted as stalls:\n{}",
+        scrape.text
+    );
+    // The detector is not simply off: the same durations without the hand-off are stalls.
+    for ms in [105, 300] {
+        let response = client
+            .get(format!("{}/sleep/blocking?ms={ms}", service.base_url))
+            .send()
+            .await
+            .expect("answered");
+        assert!(response.status().is_success());
+    }
+    let scrape = service.scrape().await;
+    let stalls = scrape.value(
+        "stallscope_stalls_total",
+        &[("route", ROUTE), ("variant", "blocking")],
+    );
+    assert_eq!(stalls, 2.0, "{}", scrape.text);
+}
+
 // The watchdog on its own, in-process, with a shorter threshold.
 
 fn one_worker_runtime(watchdog: &Arc<Watchdog>) -> tokio::runtime::Runtime {

@@ -200,6 +200,120 @@ async fn blocking_poll_shows_in_the_span_with_a_stall_event() {
     assert!(healthy.events.iter().all(|e| e.name != "executor.stall"));
 }
 
+/// A victim names its culprit: an async sleep in flight while a blocking one holds the only
+/// worker gets the overlap and the culprit's trace id (the one in the culprit's own
+/// `traceparent` response header) on its span, and a link to the culprit's span; a request
+/// that overlapped no stall has neither.
+#[tokio::test]
+async fn a_victim_span_names_the_stall_that_delayed_it() {
+    let _serial = SERIAL.lock().await;
+    let mut collector = FakeCollectorServer::start().await.expect("collector");
+    let endpoint = collector.endpoint();
+    let mut service = ServiceProcess::start_with_env(
+        &["--workers", "1"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), FAST_EXPORT],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let base = service.base_url.clone();
+    let get = |path: &str| client.get(format!("{base}{path}")).send();
+    let quiet = get("/sleep/async?ms=50").await.expect("answer");
+    assert_eq!(quiet.status(), 200);
+    let victim = tokio::spawn(get("/sleep/async?ms=300"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let culprit = get("/sleep/blocking?ms=1000").await.expect("answer");
+    let victim = victim.await.expect("joined").expect("answer");
+    assert_eq!(victim.status(), 200);
+    let culprit_trace = culprit.headers()["traceparent"]
+        .to_str()
+        .expect("ascii")
+        .split('-')
+        .nth(1)
+        .expect("a trace id")
+        .to_owned();
+    let victim_trace = victim.headers()["traceparent"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let victim_id = victim.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let spans = collect_until(&mut collector, |s| {
+        s.iter().filter(|s| s.kind.contains("SERVER")).count() >= 3
+    })
+    .await;
+    let server_span = |trace: &str| {
+        spans
+            .iter()
+            .find(|s| s.kind.contains("SERVER") && trace.contains(&s.trace_id))
+            .unwrap_or_else(|| panic!("no server span of trace {trace}: {:#?}", names(&spans)))
+    };
+    let victim_span = server_span(&victim_trace);
+    assert!(
+        number(victim_span, "stallscope.stall.overlap_ms") >= 500.0,
+        "{:#?}",
+        victim_span.attributes
+    );
+    assert!(
+        attribute(victim_span, "stallscope.stall.culprit_trace_id").contains(&culprit_trace),
+        "{:#?}",
+        victim_span.attributes
+    );
+    assert!(
+        victim_span
+            .links
+            .iter()
+            .any(|l| l.trace_id == culprit_trace),
+        "a link to the culprit's span: {:#?}",
+        victim_span.links
+    );
+    let culprit_span = server_span(&culprit_trace);
+    assert!(
+        !culprit_span
+            .attributes
+            .contains_key("stallscope.stall.overlap_ms"),
+        "the culprit is not its own victim: {:#?}",
+        culprit_span.attributes
+    );
+    let quiet_trace = quiet.headers()["traceparent"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let quiet_span = server_span(&quiet_trace);
+    for key in [
+        "stallscope.stall.overlap_ms",
+        "stallscope.stall.culprit_trace_id",
+    ] {
+        assert!(
+            !quiet_span.attributes.contains_key(key),
+            "{key} on a request that overlapped no stall"
+        );
+    }
+    // The victim's own log line names the culprit, in the victim's request context.
+    let logs: Vec<String> = service.drain_logs().into_iter().map(|(_, l)| l).collect();
+    assert!(
+        logs.iter().any(|l| l.contains("this request overlapped")
+            && l.contains(&victim_id)
+            && l.contains(&culprit_trace)
+            && l.contains("/sleep/{variant} (blocking)")),
+        "no victim log line for {victim_id}: {logs:#?}"
+    );
+    let scrape = service.scrape().await;
+    assert_eq!(
+        scrape.value(
+            "stallscope_stall_victims_total",
+            &[
+                ("culprit_route", "/sleep/{variant}"),
+                ("culprit_variant", "blocking")
+            ]
+        ),
+        1.0,
+        "{}",
+        scrape.text
+    );
+}
+
 #[tokio::test]
 async fn dead_collector_costs_requests_nothing_and_drops_are_counted() {
     let _serial = SERIAL.lock().await;

@@ -6,10 +6,12 @@ pub const HTTP_REQUEST_DURATION: &str = "http_server_request_duration_seconds";
 pub const HTTP_ACTIVE_REQUESTS: &str = "http_server_active_requests";
 
 pub const EXECUTOR_LAG: &str = "stallscope_executor_lag_seconds";
+pub const EXECUTOR_LAG_MAX: &str = "stallscope_executor_lag_max_seconds";
 
 pub const STALLS: &str = "stallscope_stalls_total";
 pub const STALLS_IN_PROGRESS: &str = "stallscope_stalls_in_progress";
 pub const STALL_DURATION: &str = "stallscope_stall_duration_seconds";
+pub const STALL_VICTIMS: &str = "stallscope_stall_victims_total";
 
 pub const BLOCKING_QUEUE_WAIT: &str = "stallscope_blocking_queue_wait_seconds";
 pub const BLOCKING_RUN: &str = "stallscope_blocking_run_seconds";
@@ -40,7 +42,12 @@ pub(crate) fn describe() {
     describe_histogram!(
         EXECUTOR_LAG,
         Unit::Seconds,
-        "How late the canary's 10 ms tick fired: time a ready task waits for a worker."
+        "How late the canary's 10 ms tick fired: time a ready task waits for a worker. A late tick also records each tick it swallowed (L - I, L - 2I, ...), so a stall weighs by its length."
+    );
+    describe_gauge!(
+        EXECUTOR_LAG_MAX,
+        Unit::Seconds,
+        "The largest executor lag since the previous scrape (every scrape, of either port, starts it over): a single stall shows at any scrape interval."
     );
     describe_counter!(
         STALLS,
@@ -54,6 +61,10 @@ pub(crate) fn describe() {
         STALL_DURATION,
         Unit::Seconds,
         "Full length of each stalling poll, recorded when it ends."
+    );
+    describe_counter!(
+        STALL_VICTIMS,
+        "Requests that were in flight while another request's or task's poll stalled a worker, by the culprit's route and variant (with several workers: exposed to the stall, not necessarily delayed by it)."
     );
     describe_histogram!(
         BLOCKING_QUEUE_WAIT,

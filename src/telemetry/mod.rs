@@ -14,6 +14,7 @@ pub mod poll_stats;
 pub mod request_context;
 pub mod route_layer;
 pub mod shards;
+pub mod stall_log;
 pub mod task_monitors;
 pub mod trace_context;
 pub mod watchdog;
@@ -35,6 +36,8 @@ pub struct Telemetry {
     pub tasks: TaskMonitors,
     pub http: http_metrics::HttpMetrics,
     pub watchdog: Arc<Watchdog>,
+    /// The canary's largest lag since the last scrape.
+    lag_max: Arc<canary::LagMax>,
     /// The service runtime, known once it runs; `/metrics` reads its figures from any thread.
     runtime: OnceLock<Handle>,
     settings: TelemetryArgs,
@@ -47,6 +50,7 @@ impl Telemetry {
             tasks: TaskMonitors::new(settings.slow_poll_threshold()),
             http: http_metrics::HttpMetrics::default(),
             watchdog: Watchdog::new(settings.stall_threshold()),
+            lag_max: Arc::default(),
             runtime: OnceLock::new(),
             settings: settings.clone(),
         })
@@ -60,7 +64,7 @@ impl Telemetry {
         if !self.enabled() {
             return Ok(());
         }
-        canary::spawn(self.settings.canary_interval())?;
+        canary::spawn(self.settings.canary_interval(), Arc::clone(&self.lag_max))?;
         let prometheus = self.prometheus.clone();
         tokio::task::Builder::new()
             .name("metrics-upkeep")
@@ -98,6 +102,7 @@ impl Telemetry {
         }
         exposition::render_tasks(&mut scraped, &self.tasks.snapshot());
         exposition::render_http(&mut scraped, &self.http.snapshot());
+        metrics::gauge!(metric_names::EXECUTOR_LAG_MAX).set(self.lag_max.take().as_secs_f64());
         let mut text = self.prometheus.render();
         text.push_str(&scraped.into_string());
         text

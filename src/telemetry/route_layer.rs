@@ -26,8 +26,10 @@ use super::Telemetry;
 use super::clock::Stamp;
 use super::http_metrics::{RouteInstruments, RouteKey};
 use super::id_header;
+use super::metric_names::STALL_VICTIMS;
 use super::poll_stats::{Measured, PollStats};
-use super::request_context::{InRequest, InlineText, MAX_REQUEST_ID, RequestContext};
+use super::request_context::{self, InRequest, InlineText, MAX_REQUEST_ID, RequestContext};
+use super::stall_log::Exposure;
 use super::trace_context::{self, SpanIds};
 use super::watchdog::{StallCallback, StallReport};
 
@@ -201,6 +203,13 @@ where
             in_flight
                 .0
                 .record_duration(response.status().as_u16(), this.started.elapsed());
+            let exposure = in_flight
+                .0
+                .watchdog
+                .exposure(*this.started, this.context.ids);
+            if let Some(exposure) = &exposure {
+                name_the_culprit(this.span.as_ref(), this.context, exposure);
+            }
             finish_request(
                 this.span.as_ref(),
                 this.context,
@@ -274,6 +283,8 @@ pub fn begin_request(
         stallscope.poll.longest_ms = tracing::field::Empty,
         stallscope.poll.busy_ms = tracing::field::Empty,
         stallscope.poll.scheduled_wait_ms = tracing::field::Empty,
+        stallscope.stall.overlap_ms = tracing::field::Empty,
+        stallscope.stall.culprit_trace_id = tracing::field::Empty,
     );
     let span = (!span.is_disabled()).then_some(span);
     let parent = has_traceparent.then(|| trace_context::extract(request.headers()));
@@ -318,6 +329,49 @@ fn finish_request(
     if let Some(traceparent) = context.ids.traceparent() {
         headers.insert(trace_context::TRACEPARENT, traceparent);
     }
+}
+
+/// A request that lived through another's stall says so: on its span (how long, whose trace,
+/// a link to it), in `stallscope_stall_victims_total`, and in a log line of its own.
+///
+/// A delay of this kind is invisible in the request's own poll statistics: while the worker
+/// is blocked no timer fires and no socket is read, so the victim is not woken late, it is
+/// woken after the stall — `stallscope.poll.scheduled_wait_ms` stays near zero.
+fn name_the_culprit(span: Option<&Span>, context: &Arc<RequestContext>, exposure: &Exposure) {
+    let culprit = &exposure.culprit;
+    let overlap_ms = exposure.overlap.as_secs_f64() * 1000.0;
+    metrics::counter!(
+        STALL_VICTIMS,
+        "culprit_route" => culprit.route,
+        "culprit_variant" => culprit.variant
+    )
+    .increment(1);
+    let culprit_trace_id = culprit
+        .culprit
+        .map(|ids| ids.trace_id.to_string())
+        .unwrap_or_default();
+    if let Some(span) = span.filter(|_| context.ids.sampled) {
+        span.record("stallscope.stall.overlap_ms", overlap_ms);
+        if let Some(ids) = culprit.culprit {
+            span.record(
+                "stallscope.stall.culprit_trace_id",
+                culprit_trace_id.as_str(),
+            );
+            span.add_link(ids.span_context());
+        }
+    }
+    let _in_request = request_context::enter(Some(Arc::clone(context)));
+    tracing::info!(
+        overlap_ms,
+        culprit_route = culprit.route,
+        culprit_variant = culprit.variant,
+        culprit_worker = %culprit.worker,
+        culprit_trace_id = %culprit_trace_id,
+        "this request overlapped {overlap_ms:.0} ms of a stall: {} ({}) held worker {}",
+        culprit.route,
+        culprit.variant,
+        culprit.worker,
+    );
 }
 
 /// Puts the watchdog's `executor.stall` event on the request's span. Only a sampled span keeps

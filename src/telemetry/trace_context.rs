@@ -80,6 +80,23 @@ impl SpanIds {
         }
     }
 
+    /// These ids as an OpenTelemetry span context: what a span link to this span names.
+    pub fn span_context(&self) -> opentelemetry::trace::SpanContext {
+        use opentelemetry::trace::{SpanContext, TraceFlags, TraceState};
+        let flags = if self.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        SpanContext::new(
+            self.trace_id,
+            self.span_id,
+            flags,
+            false,
+            TraceState::default(),
+        )
+    }
+
     /// The W3C `traceparent` naming this span, for response headers.
     pub fn traceparent(&self) -> Option<HeaderValue> {
         // `00-{trace id}-{span id}-{flags}`, written into a stack buffer a word of hex at a

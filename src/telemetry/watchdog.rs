@@ -23,6 +23,8 @@ use tokio::runtime::TaskMeta;
 use super::clock::Stamp;
 use super::metric_names::{STALL_DURATION, STALLS, STALLS_IN_PROGRESS};
 use super::request_context::RequestContext;
+use super::stall_log::{Exposure, PollKey, Stall, StallLog};
+use super::trace_context::SpanIds;
 
 /// Label values used for polls that belong to no HTTP request (background tasks).
 pub const NON_REQUEST_ROUTE: &str = "task";
@@ -84,6 +86,8 @@ pub struct Watchdog {
     stopped: AtomicBool,
     /// The runtime whose workers the slots belong to; tells which threads hold a worker now.
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Stalls in progress and recently ended, for the requests they delayed.
+    stalls: StallLog,
 }
 
 thread_local! {
@@ -99,6 +103,7 @@ impl Watchdog {
             slots: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
             runtime: std::sync::OnceLock::new(),
+            stalls: StallLog::default(),
         })
     }
 
@@ -123,9 +128,19 @@ impl Watchdog {
     }
 
     fn now_ns(&self) -> u64 {
+        self.ns_at(Stamp::now())
+    }
+
+    fn ns_at(&self, stamp: Stamp) -> u64 {
         // +1 keeps 0 free to mean "idle"; u64 nanoseconds last 584 years.
         // The time-stamp counter, not `Instant`: this runs twice per task poll (see `clock`).
-        self.epoch.nanos_until(Stamp::now()).saturating_add(1)
+        self.epoch.nanos_until(stamp).saturating_add(1)
+    }
+
+    /// The stalls (of other requests or tasks) in progress at some point between `started`
+    /// and now, seen from a request with ids `own`: see [`StallLog::overlap`].
+    pub fn exposure(&self, started: Stamp, own: SpanIds) -> Option<Exposure> {
+        self.stalls.overlap(self.ns_at(started), self.now_ns(), own)
     }
 
     fn with_slot<R>(&self, f: impl FnOnce(&Slot) -> R) -> R {
@@ -183,10 +198,31 @@ impl Watchdog {
             }
             let (route, variant) = labels(request.as_deref());
             let seq = slot.seq.load(Ordering::Acquire);
-            if slot.handed_off_seq.load(Ordering::Acquire) == seq {
-                return; // block_in_place: the worker ran elsewhere meanwhile.
+            // Under the lock a scan reports under: the poll is either reported (and in the
+            // stall log) before this, or never.
+            let reported = slot.reported_seq.lock();
+            let was_reported = reported.as_ref().is_ok_and(|r| **r == seq);
+            // block_in_place: this thread gave its worker to another thread, which ran the
+            // executor meanwhile. A scan may have seen it (`handed_off_seq`); one that ended
+            // between two scans is told by the runtime no longer counting this thread as a
+            // worker's. Either way the executor was never blocked: not a stall.
+            if !was_reported
+                && (slot.handed_off_seq.load(Ordering::Acquire) == seq
+                    || self
+                        .worker_threads()
+                        .is_some_and(|workers| !workers.contains(&slot.thread)))
+            {
+                return;
             }
-            let was_reported = slot.reported_seq.lock().map(|r| *r == seq).unwrap_or(false);
+            self.stalls.ended(poll_key(slot, seq), now, || Stall {
+                started_ns: started,
+                ended_ns: None,
+                worker: slot.worker.clone(),
+                route,
+                variant,
+                culprit: request.as_ref().map(|r| r.ids),
+            });
+            drop(reported);
             if was_reported {
                 metrics::gauge!(STALLS_IN_PROGRESS, "route" => route, "variant" => variant)
                     .decrement(1.0);
@@ -260,6 +296,17 @@ impl Watchdog {
             metrics::counter!(STALLS, "route" => route, "variant" => variant).increment(1);
             metrics::gauge!(STALLS_IN_PROGRESS, "route" => route, "variant" => variant)
                 .increment(1.0);
+            self.stalls.began(
+                poll_key(&slot, seq),
+                Stall {
+                    started_ns: started,
+                    ended_ns: None,
+                    worker: slot.worker.clone(),
+                    route,
+                    variant,
+                    culprit: request.as_ref().map(|r| r.ids),
+                },
+            );
             drop(reported_seq);
             let elapsed = Duration::from_nanos(now.saturating_sub(started));
             let report = StallReport {
@@ -346,6 +393,11 @@ impl std::fmt::Display for TraceIdField {
             None => Ok(()),
         }
     }
+}
+
+/// A poll's identity in the stall log: its worker slot (by address) and its sequence number.
+fn poll_key(slot: &Slot, seq: u64) -> PollKey {
+    (std::ptr::from_ref(slot) as usize, seq)
 }
 
 fn labels(request: Option<&RequestContext>) -> (&'static str, &'static str) {
