@@ -355,6 +355,122 @@ async fn a_one_second_stall_moves_the_executor_lag() {
     assert!(next.value("stallscope_executor_lag_max_seconds", &[]) < 0.5);
 }
 
+/// A busy-loop process, ended when dropped.
+struct Hog(std::process::Child);
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The thread id of `pid`'s thread named `name`.
+fn thread_named(pid: u32, name: &str) -> Option<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .map(|task| task.file_name().to_string_lossy().into_owned())
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|err| panic!("{program}: {err}"));
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+/// Host delay told apart from code that blocks: the only worker thread, pinned to CPU 0 at the
+/// lowest priority beside a busy loop, is runnable but rarely running, so ~40 ms of hashing
+/// takes seconds: a stall with `cause="host"`. A `std::thread::sleep` on that same starved
+/// worker is not waiting for a CPU: `cause="code"`.
+#[tokio::test]
+async fn a_worker_kept_off_the_cpu_is_host_delay_and_a_sleep_is_code() {
+    if !std::path::Path::new("/proc/thread-self/schedstat").exists() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI runs on Linux with schedstat"
+        );
+        eprintln!("skipped: no per-thread scheduler statistics on this system");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut service = ServiceProcess::start(&["--workers", "1"]).await;
+    let client = reqwest::Client::new();
+    // How many rounds make ~40 ms of CPU in this build, measured on the idle worker.
+    let probe: serde_json::Value = client
+        .get(format!("{}/cpu/inline?iterations=20000", service.base_url))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("a work report");
+    let probe_ms = probe["elapsed_ms"].as_f64().expect("elapsed_ms").max(0.01);
+    let iterations = ((20_000.0 * 40.0 / probe_ms) as u64).clamp(1, 5_000_000);
+
+    let pid = service.child.id().expect("running");
+    let worker = thread_named(pid, "stallscope-rt-0").expect("the worker thread");
+    run("taskset", &["-p", "-c", "0", &worker]);
+    run("renice", &["-n", "19", "-p", &worker]);
+    let _hog = Hog(std::process::Command::new("taskset")
+        .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+        .spawn()
+        .expect("a busy loop"));
+    service.drain_logs();
+
+    let starved = client
+        .get(format!(
+            "{}/cpu/inline?iterations={iterations}",
+            service.base_url
+        ))
+        .send()
+        .await
+        .expect("answered");
+    assert!(starved.status().is_success());
+    let slept = client
+        .get(format!("{}/sleep/blocking?ms=300", service.base_url))
+        .send()
+        .await
+        .expect("answered");
+    assert!(slept.status().is_success());
+
+    let scrape = service.scrape().await;
+    let stalls = |route: &str, variant: &str, cause: &str| {
+        scrape.value(
+            "stallscope_stalls_total",
+            &[("route", route), ("variant", variant), ("cause", cause)],
+        )
+    };
+    assert_eq!(
+        stalls("/cpu/{variant}", "inline", "host"),
+        1.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(
+        stalls("/cpu/{variant}", "inline", "code"),
+        0.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(stalls(ROUTE, "blocking", "code"), 1.0, "{}", scrape.text);
+    assert_eq!(stalls(ROUTE, "blocking", "host"), 0.0, "{}", scrape.text);
+    let logs: Vec<String> = service.drain_logs().into_iter().map(|(_, l)| l).collect();
+    assert!(
+        logs.iter().any(|l| l.contains("executor stall")
+            && l.contains("(inline)")
+            && l.contains("cause: host")),
+        "{logs:#?}"
+    );
+}
+
 /// `block_in_place` hands its worker to another thread before it blocks, so however long it
 /// takes, the executor keeps running: never a stall. Durations around the threshold matter
 /// most: a poll that ends between two watchdog scans is judged when it ends, and must be

@@ -4,6 +4,7 @@
 
 pub mod canary;
 pub mod clock;
+pub mod cpu_wait;
 pub mod exposition;
 pub mod http_metrics;
 mod id_header;

@@ -387,6 +387,11 @@ fn stall_event_on(span: Span) -> StallCallback {
                     "stallscope.stall.elapsed_ms",
                     report.elapsed.as_secs_f64() * 1000.0,
                 ),
+                KeyValue::new("stallscope.stall.cause", report.cause.as_str()),
+                KeyValue::new(
+                    "stallscope.stall.cpu_wait_ms",
+                    report.cpu_wait.as_secs_f64() * 1000.0,
+                ),
             ],
         );
     })

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::cpu_wait::Cause;
 use super::trace_context::SpanIds;
 
 /// How many ended stalls are kept at most, newest first out last.
@@ -37,6 +38,8 @@ pub struct Stall {
     pub variant: &'static str,
     /// The culprit request's ids; `None` for a background task's poll.
     pub culprit: Option<SpanIds>,
+    /// Blocking code, or a host that kept the worker from a CPU.
+    pub cause: Cause,
 }
 
 /// Which poll a stall is: the worker slot's address and the poll's sequence number.
@@ -168,6 +171,7 @@ mod tests {
             route,
             variant: "blocking",
             culprit,
+            cause: Cause::Code,
         }
     }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::TaskMeta;
 
 use super::clock::Stamp;
+use super::cpu_wait::{Cause, ThreadStat, Throttling, WaitSample};
 use super::metric_names::{STALL_DURATION, STALLS, STALLS_IN_PROGRESS};
 use super::request_context::RequestContext;
 use super::stall_log::{Exposure, PollKey, Stall, StallLog};
@@ -38,7 +39,15 @@ pub type StallCallback = Box<dyn Fn(&StallReport) + Send + Sync>;
 pub struct StallReport {
     pub worker: String,
     pub elapsed: Duration,
+    /// Code that blocked, or a host that kept the worker from a CPU ([`Cause`]).
+    pub cause: Cause,
+    /// How much of the stall so far the worker thread spent waiting for a CPU.
+    pub cpu_wait: Duration,
 }
+
+/// A poll must have run this long before the watchdog samples its thread's CPU wait (a few
+/// reads of `/proc`): healthy polls take microseconds and are never sampled.
+const SAMPLE_AFTER: Duration = Duration::from_millis(1);
 
 /// One worker's current poll.
 struct Slot {
@@ -62,6 +71,10 @@ struct Slot {
     /// The `seq` of a poll seen running after its thread gave the worker away
     /// (`block_in_place`): long, but not holding a worker, so not a stall.
     handed_off_seq: AtomicU64,
+    /// The thread's scheduler statistics (Linux), to tell host delay from blocking code.
+    stat: Option<ThreadStat>,
+    /// The thread's CPU wait when the watchdog first saw poll `seq` running.
+    wait_baseline: Mutex<Option<(u64, WaitSample)>>,
 }
 
 impl Slot {
@@ -88,6 +101,8 @@ pub struct Watchdog {
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     /// Stalls in progress and recently ended, for the requests they delayed.
     stalls: StallLog,
+    /// The cgroup's CPU throttling counter, if the process has one.
+    throttling: Option<Throttling>,
 }
 
 thread_local! {
@@ -104,6 +119,7 @@ impl Watchdog {
             stopped: AtomicBool::new(false),
             runtime: std::sync::OnceLock::new(),
             stalls: StallLog::default(),
+            throttling: Throttling::detect(),
         })
     }
 
@@ -137,6 +153,48 @@ impl Watchdog {
         self.epoch.nanos_until(stamp).saturating_add(1)
     }
 
+    /// Remembers `slot`'s CPU wait so far, once per poll `seq`.
+    fn sample_wait_baseline(&self, slot: &Slot, seq: u64, now: u64) {
+        let Some(stat) = &slot.stat else { return };
+        let Ok(mut baseline) = slot.wait_baseline.lock() else {
+            return;
+        };
+        if baseline.is_some_and(|(sampled, _)| sampled == seq) {
+            return;
+        }
+        *baseline = WaitSample::take(now, stat, self.throttling.as_ref()).map(|w| (seq, w));
+    }
+
+    /// Why poll `seq` of `slot` has taken so long, as of `now`: see [`super::cpu_wait`].
+    /// `from_its_thread`: called by the slot's own thread (its poll just ended). Without
+    /// scheduler statistics (or a baseline) it is taken for code.
+    fn cause_of(
+        &self,
+        slot: &Slot,
+        seq: u64,
+        now: u64,
+        from_its_thread: bool,
+    ) -> (Cause, Duration) {
+        let baseline = slot
+            .wait_baseline
+            .lock()
+            .ok()
+            .and_then(|b| *b)
+            .filter(|(sampled, _)| *sampled == seq);
+        let (Some((_, before)), Some(stat)) = (baseline, &slot.stat) else {
+            return (Cause::Code, Duration::ZERO);
+        };
+        let runnable = if from_its_thread {
+            None
+        } else {
+            stat.runnable()
+        };
+        WaitSample::take(now, stat, self.throttling.as_ref())
+            .map_or((Cause::Code, Duration::ZERO), |after| {
+                before.cause_until(&after, runnable)
+            })
+    }
+
     /// The stalls (of other requests or tasks) in progress at some point between `started`
     /// and now, seen from a request with ids `own`: see [`StallLog::overlap`].
     pub fn exposure(&self, started: Stamp, own: SpanIds) -> Option<Exposure> {
@@ -158,6 +216,8 @@ impl Watchdog {
                     tagged: AtomicBool::new(false),
                     reported_seq: Mutex::new(0),
                     handed_off_seq: AtomicU64::new(0),
+                    stat: ThreadStat::current(),
+                    wait_baseline: Mutex::new(None),
                 });
                 if let Ok(mut slots) = self.slots.lock() {
                     slots.push(Arc::downgrade(&slot));
@@ -214,6 +274,7 @@ impl Watchdog {
             {
                 return;
             }
+            let (cause, cpu_wait) = self.cause_of(slot, seq, now, true);
             self.stalls.ended(poll_key(slot, seq), now, || Stall {
                 started_ns: started,
                 ended_ns: None,
@@ -221,6 +282,7 @@ impl Watchdog {
                 route,
                 variant,
                 culprit: request.as_ref().map(|r| r.ids),
+                cause,
             });
             drop(reported);
             if was_reported {
@@ -228,7 +290,8 @@ impl Watchdog {
                     .decrement(1.0);
             } else {
                 // Ended between two scans: count it now so the counter stays exact.
-                metrics::counter!(STALLS, "route" => route, "variant" => variant).increment(1);
+                metrics::counter!(STALLS, "route" => route, "variant" => variant, "cause" => cause.as_str())
+                    .increment(1);
             }
             metrics::histogram!(STALL_DURATION, "route" => route, "variant" => variant)
                 .record(elapsed.as_secs_f64());
@@ -239,6 +302,8 @@ impl Watchdog {
                 request_id = request.as_ref().map_or("", |r| r.request_id()),
                 trace_id = %TraceIdField(request.as_ref().map(|r| r.ids.trace_id)),
                 elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                cause = cause.as_str(),
+                cpu_wait_ms = cpu_wait.as_secs_f64() * 1000.0,
                 "stall ended"
             );
         });
@@ -271,7 +336,14 @@ impl Watchdog {
         for slot in slots {
             let seq = slot.seq.load(Ordering::Acquire);
             let started = slot.started_ns.load(Ordering::Acquire);
-            if started == 0 || now.saturating_sub(started) < threshold_ns {
+            let running_ns = now.saturating_sub(started);
+            if started == 0 {
+                continue;
+            }
+            if Duration::from_nanos(running_ns) >= SAMPLE_AFTER {
+                self.sample_wait_baseline(&slot, seq, now);
+            }
+            if running_ns < threshold_ns {
                 continue;
             }
             if workers.as_ref().is_some_and(|w| !w.contains(&slot.thread)) {
@@ -293,7 +365,9 @@ impl Watchdog {
             *reported_seq = seq;
             let request = slot.request.lock().ok().and_then(|r| r.clone());
             let (route, variant) = labels(request.as_deref());
-            metrics::counter!(STALLS, "route" => route, "variant" => variant).increment(1);
+            let (cause, cpu_wait) = self.cause_of(&slot, seq, now, false);
+            metrics::counter!(STALLS, "route" => route, "variant" => variant, "cause" => cause.as_str())
+                .increment(1);
             metrics::gauge!(STALLS_IN_PROGRESS, "route" => route, "variant" => variant)
                 .increment(1.0);
             self.stalls.began(
@@ -305,13 +379,24 @@ impl Watchdog {
                     route,
                     variant,
                     culprit: request.as_ref().map(|r| r.ids),
+                    cause,
                 },
             );
             drop(reported_seq);
-            let elapsed = Duration::from_nanos(now.saturating_sub(started));
+            let elapsed = Duration::from_nanos(running_ns);
             let report = StallReport {
                 worker: slot.worker.clone(),
                 elapsed,
+                cause,
+                cpu_wait,
+            };
+            // Said in the message too: a host delay must not read like a handler's bug.
+            let why = match cause {
+                Cause::Code => String::new(),
+                Cause::Host => format!(
+                    " (cause: host: the worker thread waited {} ms of it for a CPU)",
+                    cpu_wait.as_millis()
+                ),
             };
             match &request {
                 Some(tag) => {
@@ -322,7 +407,9 @@ impl Watchdog {
                         request_id = %tag.request_id(),
                         trace_id = %tag.ids.trace_id,
                         elapsed_ms = elapsed.as_secs_f64() * 1000.0,
-                        "executor stall: a poll of {route} ({variant}) has held worker {} for {} ms and is still running",
+                        cause = cause.as_str(),
+                        cpu_wait_ms = cpu_wait.as_secs_f64() * 1000.0,
+                        "executor stall: a poll of {route} ({variant}) has held worker {} for {} ms and is still running{why}",
                         report.worker,
                         elapsed.as_millis()
                     );
@@ -337,7 +424,9 @@ impl Watchdog {
                         task_id = slot.task_id.load(Ordering::Relaxed),
                         spawned_at = %spawned_at,
                         elapsed_ms = elapsed.as_secs_f64() * 1000.0,
-                        "executor stall: task {} spawned at {spawned_at} has held worker {} for {} ms and is still running",
+                        cause = cause.as_str(),
+                        cpu_wait_ms = cpu_wait.as_secs_f64() * 1000.0,
+                        "executor stall: task {} spawned at {spawned_at} has held worker {} for {} ms and is still running{why}",
                         slot.task_id.load(Ordering::Relaxed),
                         report.worker,
                         elapsed.as_millis()
