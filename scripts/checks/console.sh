@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tokio-console, the real binary, against the release binary started with --console and one
 # worker, walked through docs/tokio-console.md: the pane must say CONNECTED and list the
-# service's named tasks, the span exporter's included; during a 4 s blocking request it must warn that a task has never
-# yielded and show the request's connection task running; after it, the warning is gone and
+# service's named tasks, the span exporter's included; during a 5 s blocking request it must warn that a task has never
+# yielded, show the request's connection task running and the canary's polls standing still;
+# after it, the warning is gone and
 # the finished connection task shows its busy seconds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -71,13 +72,22 @@ wait_for 30 CONNECTED executor-lag-canary metrics-upkeep signal-listener otlp-sp
 echo "tokio-console is CONNECTED and shows the named tasks:"
 grep -E 'CONNECTED|executor-lag-canary|metrics-upkeep|signal-listener|otlp-span-exporter' <<<"$pane" | cut -c1-150 | sed 's/^/  /'
 
-# The walkthrough of docs/tokio-console.md: hold the only worker for 4 s.
-curl -fs -o /dev/null "127.0.0.1:$port/sleep/blocking?ms=4000" &
+# The walkthrough of docs/tokio-console.md: hold the only worker for 5 s.
+curl -fs -o /dev/null "127.0.0.1:$port/sleep/blocking?ms=5000" &
 request=$!
 wait_for 3 'tasks have never yielded \(threshold 1000ms\)' "▶ .*$connection" ||
   fail "during the stall: no never-yielded warning, or no running connection task"
 echo "during the stall: the never-yielded warning and the running connection task:"
 grep -E 'never yielded|'"$connection" <<<"$pane" | cut -c1-150 | sed 's/^/  /'
+# The canary is not woken while the only worker is blocked: its poll count stands still.
+canary_polls() { grep -E 'executor-lag-canary' <<<"$pane" | grep -oE ' [0-9]+ +task ' | grep -oE '[0-9]+'; }
+polls_before=$(canary_polls)
+sleep 1
+pane=$(tmux capture-pane -p -t "$session")
+polls_after=$(canary_polls)
+[ -n "$polls_before" ] && [ "$polls_before" = "$polls_after" ] ||
+  fail "the canary's polls moved during the stall (${polls_before:-?} -> ${polls_after:-?})"
+echo "during the stall: the canary's polls stand still at $polls_after"
 wait "$request"
 # After the poll ends: the warning is gone and the finished connection task kept its Busy
 # time (Total and Busy in whole seconds: at least the 4 s it blocked).
