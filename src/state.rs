@@ -86,6 +86,8 @@ pub struct UpstreamClients {
     /// Synchronous client (the `requests` of this port).
     pub sync: ureq::Agent,
     base_url: Arc<str>,
+    /// `server.address` and `server.port` of the client spans, parsed from `base_url` once.
+    server: (Arc<str>, u16),
     timeout: Duration,
 }
 
@@ -96,10 +98,15 @@ impl UpstreamClients {
             .timeout_global(Some(timeout))
             .build()
             .into();
+        let server = reqwest::Url::parse(&base_url)
+            .ok()
+            .and_then(|url| Some((url.host_str()?.into(), url.port_or_known_default()?)))
+            .unwrap_or_else(|| ("unknown".into(), 0));
         Ok(Self {
             http,
             sync,
             base_url: base_url.trim_end_matches('/').into(),
+            server,
             timeout,
         })
     }
@@ -118,7 +125,11 @@ impl UpstreamClients {
             otel.kind = "client",
             http.request.method = "GET",
             url.full = %url,
+            server.address = &*self.server.0,
+            server.port = i64::from(self.server.1),
             http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
         let mut headers = http::HeaderMap::new();
         trace_context::inject(&span, &mut headers);
@@ -128,7 +139,8 @@ impl UpstreamClients {
     /// One async round trip with reqwest; the task waits without holding its worker.
     pub async fn call_async(&self, ms: u64) -> Result<Value, AppError> {
         let (span, headers, url) = self.client_span(ms);
-        async {
+        let mut status = None;
+        let result = async {
             let response = self
                 .http
                 .get(url)
@@ -136,8 +148,7 @@ impl UpstreamClients {
                 .send()
                 .await
                 .map_err(|err| self.reqwest_error(err))?;
-            tracing::Span::current()
-                .record("http.response.status_code", response.status().as_u16());
+            status = Some(response.status().as_u16());
             response
                 .error_for_status()
                 .map_err(|err| self.reqwest_error(err))?
@@ -145,27 +156,47 @@ impl UpstreamClients {
                 .await
                 .map_err(|err| self.reqwest_error(err))
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        record_outcome(&span, status, result.as_ref().err());
+        result
     }
 
     /// One synchronous round trip; blocks the calling thread until it is done.
     pub fn call_sync(&self, ms: u64) -> Result<Value, AppError> {
         let (span, headers, url) = self.client_span(ms);
         let _entered = span.enter();
-        let mut request = self.sync.get(&url);
-        for (name, value) in &headers {
-            request = request.header(name, value);
-        }
-        let mut response = request.call().map_err(|err| self.ureq_error(err))?;
-        span.record("http.response.status_code", response.status().as_u16());
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .map_err(|err| self.ureq_error(err))?;
-        serde_json::from_str(&text).map_err(|err| {
-            AppError::UpstreamFailed(format!("the upstream sent invalid JSON: {err}"))
-        })
+        let mut answered = None;
+        let mut call = || {
+            let mut request = self.sync.get(&url);
+            for (name, value) in &headers {
+                request = request.header(name, value);
+            }
+            // ureq reports 4xx/5xx as errors; with this off the status is recorded first.
+            let mut response = request
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .call()
+                .map_err(|err| self.ureq_error(err))?;
+            let status = response.status();
+            answered = Some(status.as_u16());
+            if status.is_client_error() || status.is_server_error() {
+                return Err(AppError::UpstreamFailed(format!(
+                    "the upstream answered {status}"
+                )));
+            }
+            let text = response
+                .body_mut()
+                .read_to_string()
+                .map_err(|err| self.ureq_error(err))?;
+            serde_json::from_str(&text).map_err(|err| {
+                AppError::UpstreamFailed(format!("the upstream sent invalid JSON: {err}"))
+            })
+        };
+        let result = call();
+        record_outcome(&span, answered, result.as_ref().err());
+        result
     }
 
     fn timeout_ms(&self) -> u64 {
@@ -191,6 +222,24 @@ impl UpstreamClients {
             other => AppError::UpstreamFailed(describe_chain(&other)),
         }
     }
+}
+
+/// A client span's outcome, once: `http.response.status_code` as an integer (a `u16` would
+/// arrive as text: tracing-opentelemetry records unsigned fields through `Debug`), and for a
+/// failed call ERROR status with `error.type`: the status code when the upstream answered
+/// one, `timeout` when it did not answer in time, `_OTHER` when the connection failed.
+fn record_outcome(span: &tracing::Span, status: Option<u16>, failure: Option<&AppError>) {
+    if let Some(status) = status {
+        span.record("http.response.status_code", i64::from(status));
+    }
+    let Some(failure) = failure else { return };
+    span.record("otel.status_code", "ERROR");
+    let error_type = match (failure, status) {
+        (AppError::UpstreamTimeout { .. }, _) => "timeout".to_owned(),
+        (_, Some(status)) if status >= 400 => status.to_string(),
+        _ => "_OTHER".to_owned(),
+    };
+    span.record("error.type", error_type.as_str());
 }
 
 /// `err: cause: cause…`, since reqwest's top-level message alone rarely says what failed.

@@ -140,6 +140,92 @@ async fn upstream_call_is_one_trace_across_client_and_upstream() {
     );
     assert!(attribute(client, "http.response.status_code").contains("200"));
     assert!(number(server, "stallscope.poll.count") >= 2.0);
+    // Typed as an OTLP backend indexes them: numbers as numbers, so that
+    // `http.response.status_code >= 500` or `stallscope.poll.longest_ms > 100` can match.
+    for (span, key, kind) in [
+        (server, "http.response.status_code", "IntValue(200)"),
+        (server, "stallscope.poll.count", "IntValue("),
+        (server, "stallscope.poll.longest_ms", "DoubleValue("),
+        (server, "stallscope.poll.busy_ms", "DoubleValue("),
+        (client, "http.response.status_code", "IntValue(200)"),
+        (client, "server.port", "IntValue("),
+        (client, "server.address", "StringValue(\"127.0.0.1\")"),
+        (server, "http.request.method", "StringValue(\"GET\")"),
+    ] {
+        assert!(
+            attribute(span, key).contains(kind),
+            "{}: {key} should be {kind}…, is {}",
+            span.name,
+            attribute(span, key)
+        );
+    }
+    assert!(
+        !server.attributes.contains_key("error.type"),
+        "a 200 is no error"
+    );
+}
+
+/// Failures are marked the way the semantic conventions say: a 5xx server span has ERROR
+/// status and `error.type` (the status code); a client call that timed out has ERROR status
+/// and `error.type="timeout"`, and no status code, since none came back. CPU work's span
+/// carries its iteration count once, as an integer.
+#[tokio::test]
+async fn failures_carry_error_type_and_counts_are_integers() {
+    let _serial = SERIAL.lock().await;
+    let mut collector = FakeCollectorServer::start().await.expect("collector");
+    let endpoint = collector.endpoint();
+    let service = ServiceProcess::start_with_env(
+        &["--workers", "2", "--upstream-timeout-ms", "100"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), FAST_EXPORT],
+    )
+    .await;
+    let timed_out = reqwest::get(format!("{}/upstream/async?ms=400", service.base_url))
+        .await
+        .expect("answer");
+    assert_eq!(timed_out.status(), 504);
+    let hashed = reqwest::get(format!("{}/cpu/rayon?iterations=1000", service.base_url))
+        .await
+        .expect("answer");
+    assert_eq!(hashed.status(), 200);
+    let spans = collect_until(&mut collector, |s| {
+        has_name(s, "GET /upstream/{variant}") && has_name(s, "GET") && has_name(s, "cpu.sha256")
+    })
+    .await;
+    let server = find(&spans, "GET /upstream/{variant}");
+    let client = find(&spans, "GET");
+    assert!(attribute(server, "http.response.status_code").contains("IntValue(504)"));
+    assert!(
+        attribute(server, "error.type").contains("\"504\""),
+        "{:?}",
+        server.attributes
+    );
+    assert!(
+        format!("{:?}", server.status).contains("STATUS_CODE_ERROR"),
+        "{:?}",
+        server.status
+    );
+    assert!(
+        attribute(client, "error.type").contains("\"timeout\""),
+        "{:?}",
+        client.attributes
+    );
+    assert!(!client.attributes.contains_key("http.response.status_code"));
+    assert!(
+        format!("{:?}", client.status).contains("STATUS_CODE_ERROR"),
+        "{:?}",
+        client.status
+    );
+    let cpu = find(&spans, "cpu.sha256");
+    assert!(
+        attribute(cpu, "stallscope.iterations").contains("IntValue(1000)"),
+        "{:?}",
+        cpu.attributes
+    );
+    assert!(
+        !cpu.attributes.contains_key("iterations"),
+        "recorded twice: {:?}",
+        cpu.attributes
+    );
 }
 
 #[tokio::test]

@@ -53,7 +53,14 @@ pub fn sha256_chain(iterations: u64) -> [u8; 32] {
     digest
 }
 
-#[tracing::instrument(name = "cpu.sha256", level = "info", fields(stallscope.iterations = iterations))]
+// `skip_all`: the argument would be recorded a second time, as `iterations`; an integer
+// field as i64, since unsigned ones reach OpenTelemetry as text.
+#[tracing::instrument(
+    name = "cpu.sha256",
+    level = "info",
+    skip_all,
+    fields(stallscope.iterations = i64::try_from(iterations).unwrap_or(i64::MAX))
+)]
 fn hash_and_report(iterations: u64) -> WorkDone {
     let digest = sha256_chain(iterations);
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();

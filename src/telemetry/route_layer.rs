@@ -274,6 +274,7 @@ pub fn begin_request(
         http.request.method = method,
         http.route = route,
         http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
         url.path = path.as_str(),
         url.scheme = "http",
         network.protocol.version = protocol_version(request.version()),
@@ -416,12 +417,18 @@ fn record_outcome(span: &Span, ids: SpanIds, status: StatusCode, stats: &PollSta
     if !ids.sampled {
         return;
     }
-    span.record("http.response.status_code", status.as_u16());
+    // Integers as i64: tracing-opentelemetry records unsigned fields through `Debug`, as text
+    // a backend cannot compare (`http.response.status_code >= 500` would find nothing).
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
+        span.record("error.type", status.as_str());
     }
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    span.record("stallscope.poll.count", stats.polls);
+    span.record(
+        "stallscope.poll.count",
+        i64::try_from(stats.polls).unwrap_or(i64::MAX),
+    );
     span.record("stallscope.poll.longest_ms", ms(stats.longest));
     span.record("stallscope.poll.busy_ms", ms(stats.busy));
     span.record(
