@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
             method: "GET",
             path: InlineText::truncated("/bench"),
             ids: SpanIds::for_request(None, None),
+            trace_state: None,
             on_stall: Some(Box::new(move |_: &StallReport| {
                 let _ = reports.send(Instant::now());
             })),

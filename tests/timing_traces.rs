@@ -400,6 +400,89 @@ async fn a_victim_span_names_the_stall_that_delayed_it() {
     );
 }
 
+/// A stand-in upstream that answers `/slow` and keeps the trace headers of each call.
+async fn recording_upstream() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    use axum::http::HeaderMap;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(move |headers: HeaderMap| {
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            record
+                .lock()
+                .expect("lock")
+                .push((header("traceparent"), header("tracestate")));
+            async { axum::Json(serde_json::json!({ "slept_ms": 0 })) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+/// A caller's sampled trace stays sampled, with its `tracestate`, on the response and on the
+/// call to the upstream, whether or not this service exports spans: downstream services that
+/// follow the parent's decision keep the trace. An unsampled caller stays unsampled.
+#[tokio::test]
+async fn the_callers_sampling_decision_and_tracestate_travel_downstream() {
+    let _serial = SERIAL.lock().await;
+    let collector = FakeCollectorServer::start().await.expect("collector");
+    let endpoint = collector.endpoint();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for exporting in [false, true] {
+        let (upstream, seen) = recording_upstream().await;
+        let env: Vec<(&str, &str)> = if exporting {
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), FAST_EXPORT]
+        } else {
+            Vec::new()
+        };
+        let service = ServiceProcess::start_with_env(&["--upstream-url", &upstream], &env).await;
+        for flags in ["01", "00"] {
+            let response = reqwest::Client::new()
+                .get(format!("{}/upstream/async?ms=0", service.base_url))
+                .header(
+                    "traceparent",
+                    format!("00-{trace}-00f067aa0ba902b7-{flags}"),
+                )
+                .header("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+                .send()
+                .await
+                .expect("answer");
+            assert_eq!(response.status(), 200);
+            let answered = response.headers()["traceparent"]
+                .to_str()
+                .expect("ascii")
+                .to_owned();
+            assert!(
+                answered.contains(trace) && answered.ends_with(&format!("-{flags}")),
+                "exporting={exporting}: response {answered}, caller's flags {flags}"
+            );
+            let (traceparent, tracestate) = seen.lock().expect("lock").pop().expect("a call");
+            assert!(
+                traceparent.contains(trace) && traceparent.ends_with(&format!("-{flags}")),
+                "exporting={exporting}: the upstream got {traceparent}, caller's flags {flags}"
+            );
+            assert_eq!(
+                tracestate, "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+                "exporting={exporting}, flags {flags}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn dead_collector_costs_requests_nothing_and_drops_are_counted() {
     let _serial = SERIAL.lock().await;

@@ -34,6 +34,8 @@ pub struct RequestContext {
     pub request_id: InlineText<MAX_REQUEST_ID>,
     /// The request's W3C ids: its server span's when one is exported, else made for it.
     pub ids: SpanIds,
+    /// The caller's `tracestate`, passed on to outgoing calls when no span carries it.
+    pub trace_state: Option<axum::http::HeaderValue>,
     /// Called once when the watchdog reports a stall of this request (it puts an event on the
     /// exported server span).
     pub on_stall: Option<StallCallback>,
@@ -211,6 +213,7 @@ pub(crate) mod tests {
                 span_id: SpanId::from_hex("00f067aa0ba902b7").expect("id"),
                 sampled: false,
             },
+            trace_state: None,
             on_stall: None,
         })
     }

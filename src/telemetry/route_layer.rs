@@ -125,7 +125,7 @@ where
             Some(&instruments.watchdog),
         );
         // Poll statistics go on a sampled span only: nothing else reads them.
-        let measured = Measured::new(handler, context.ids.sampled);
+        let measured = Measured::new(handler, span.is_some() && context.ids.sampled);
         ObservedResponse {
             inner: instruments.monitor.instrument(measured),
             span,
@@ -156,6 +156,7 @@ fn floor<F: Future>(
             path: InlineText::truncated(""),
             request_id: InlineText::truncated(""),
             ids: SpanIds::for_request(None, None),
+            trace_state: None,
             on_stall: None,
         })
     });
@@ -297,6 +298,11 @@ pub fn begin_request(
         .as_ref()
         .filter(|_| ids.sampled)
         .map(|span| stall_event_on(span.clone()));
+    let trace_state = has_traceparent
+        .then(|| request.headers().get(trace_context::TRACESTATE))
+        .flatten()
+        .filter(|state| state.len() <= trace_context::MAX_TRACESTATE)
+        .cloned();
     let context = Arc::new(RequestContext {
         route,
         variant,
@@ -304,6 +310,7 @@ pub fn begin_request(
         path,
         request_id: InlineText::truncated(request_id.to_str().unwrap_or("")),
         ids,
+        trace_state,
         on_stall,
     });
     Begun {

@@ -10,6 +10,9 @@ use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// The longest `tracestate` passed on: W3C's limit for what a vendor must propagate.
+pub const MAX_TRACESTATE: usize = 512;
 
 /// W3C trace context is the one format stallscope speaks, so it is used directly rather than
 /// through OpenTelemetry's global propagator (a no-op until something installs one: an app built
@@ -25,16 +28,23 @@ pub fn extract(headers: &HeaderMap) -> opentelemetry::Context {
 
 /// Writes `span`'s context into outgoing `headers` (`traceparent`, `tracestate`). Without
 /// an OpenTelemetry layer (no exporter), the ids of the request this thread works for stand
-/// in: the callee joins the caller's trace, and both logs name it.
+/// in, with the caller's sampling decision and `tracestate`: the callee joins the caller's
+/// trace, both logs name it, and a sampled trace stays sampled downstream.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     let context = span.context();
     if context.span().span_context().is_valid() {
         w3c().inject_context(&context, &mut HeaderInjector(headers));
-    } else if let Some(traceparent) =
-        super::request_context::with_current(|request| request.and_then(|r| r.ids.traceparent()))
-    {
-        headers.insert(TRACEPARENT, traceparent);
+        return;
     }
+    super::request_context::with_current(|request| {
+        let Some(request) = request else { return };
+        if let Some(traceparent) = request.ids.traceparent() {
+            headers.insert(TRACEPARENT, traceparent);
+        }
+        if let Some(state) = &request.trace_state {
+            headers.insert(TRACESTATE, state.clone());
+        }
+    });
 }
 
 /// A span's OpenTelemetry identity, read once per request.
@@ -60,8 +70,9 @@ impl SpanIds {
 
     /// The ids of a request: its server span's when there is one and the OpenTelemetry layer
     /// gave it ids (an exporter is configured), else made here — the caller's trace id (from
-    /// `parent`, the extracted `traceparent`) or a new one, and a new span id, "not sampled"
-    /// since nothing records a span.
+    /// `parent`, the extracted `traceparent`) or a new one, and a new span id. Sampled as the
+    /// caller decided (nothing is recorded here, but services downstream that follow the
+    /// parent's decision must not lose the trace); a trace started here is not sampled.
     pub fn for_request(
         span: Option<&tracing::Span>,
         parent: Option<&opentelemetry::Context>,
@@ -71,12 +82,14 @@ impl SpanIds {
         }
         let generator = RandomIdGenerator::default();
         let caller = parent
-            .map(|context| context.span().span_context().trace_id())
-            .filter(|trace_id| *trace_id != TraceId::INVALID);
+            .map(|context| context.span().span_context().clone())
+            .filter(|caller| caller.trace_id() != TraceId::INVALID);
         Self {
-            trace_id: caller.unwrap_or_else(|| generator.new_trace_id()),
+            trace_id: caller
+                .as_ref()
+                .map_or_else(|| generator.new_trace_id(), |c| c.trace_id()),
             span_id: generator.new_span_id(),
-            sampled: false,
+            sampled: caller.is_some_and(|c| c.is_sampled()),
         }
     }
 
@@ -239,6 +252,18 @@ mod tests {
                 assert_ne!(
                     joined.span_id,
                     SpanId::from_hex("00f067aa0ba902b7").expect("span id")
+                );
+                assert!(joined.sampled, "the caller's sampling decision is kept");
+                headers.insert(
+                    TRACEPARENT,
+                    HeaderValue::from_static(
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+                    ),
+                );
+                let unsampled = SpanIds::for_request(span, Some(&extract(&headers)));
+                assert!(
+                    !unsampled.sampled,
+                    "and so is a caller's decision not to sample"
                 );
             }
         });
