@@ -10,6 +10,15 @@ scripts/checks/stack.sh can tell whether the JSON files are up to date:
 
 Metric names come from src/telemetry/metric_names.rs and src/telemetry/exposition.rs;
 `stallscope:*` series are the recording rules in prometheus/rules.yml.
+
+Every panel is right for a fleet, whatever the number of replicas. The recording rules are
+per instance, so each query first keeps the instances picked in the $instance menu, then:
+counts are summed by exactly the labels the legend shows; ratios and means are
+sum(numerator) / sum(denominator) (`ratio()`); quantiles are histogram_quantile over the
+bucket rates summed across instances (`quantile()`). A panel shows one line per instance only
+where its description says "per instance" and its legend names the instance. The live check
+(scripts/checks/stack.sh) runs every query against two instances and fails when two series
+of a panel render the same legend, or a ratio panel differs from the ratio of the raw sums.
 """
 
 import json
@@ -31,6 +40,10 @@ TRACE_ROUTE_TAG = "http.route"
 
 INSTANCE = 'instance=~"$instance"'
 
+# The alerts the dashboards' "Stall alerts" annotation marks (prometheus/rules.yml): the ones
+# about stalls, not the blocking pool or the trace export.
+STALL_ALERTS = ["ExecutorStalled", "HighSlowPollRatio"]
+
 # The lessons, their route templates and variants (src/routes/*.rs), the stalling variants
 # first-class in red so they stand out, the correct ones in calm colours.
 LESSONS = [
@@ -49,6 +62,9 @@ VARIANT_COLORS = {
     "rayon": "purple",
     "raw": "purple",
 }
+
+# Bucket rates of the HTTP server histogram (prometheus/rules.yml), for fleet quantiles.
+HTTP_BUCKETS = "stallscope:http_request_duration_seconds_bucket:rate1m"
 
 # Executor lag thresholds from the issue: over 10 ms amber, over 100 ms red. The stall
 # watchdog's default threshold is the same 100 ms.
@@ -76,6 +92,17 @@ def target(expr, legend, ref, **extra):
     }
     t.update(extra)
     return t
+
+
+def ratio(numerator, denominator, by, sel):
+    """A fleet ratio: the sum of the numerator rule over the sum of the denominator rule."""
+    return f"sum by ({by}) ({numerator}{{{sel}}}) / sum by ({by}) ({denominator}{{{sel}}})"
+
+
+def quantile(q, bucket_rule, by, sel):
+    """A fleet quantile: histogram_quantile over bucket rates summed across instances."""
+    by = f"{by}, le" if by else "le"
+    return f"histogram_quantile({q}, sum by ({by}) ({bucket_rule}{{{sel}}}))"
 
 
 def explore_traces(tags, min_duration):
@@ -174,7 +201,7 @@ class Layout:
 
 
 def timeseries(title, description, targets, unit, *, thresholds=None, min_=None, max_=None,
-               overrides=None, links=None, stack=False, draw_thresholds=True):
+               overrides=None, links=None, stack=False, thresholds_style="line+area"):
     defaults = {
         "unit": unit,
         "color": {"mode": "palette-classic"},
@@ -186,7 +213,7 @@ def timeseries(title, description, targets, unit, *, thresholds=None, min_=None,
             "spanNulls": False,
             "stacking": {"mode": "normal" if stack else "none", "group": "A"},
             "thresholdsStyle": {
-                "mode": "line+area" if thresholds and draw_thresholds else "off"
+                "mode": thresholds_style if thresholds else "off"
             },
         },
         "thresholds": steps(thresholds or [(None, "green")]),
@@ -267,7 +294,7 @@ def dashboard(uid, title, description, panels):
                     "enable": True,
                     "iconColor": "red",
                     "name": "Stall alerts",
-                    "expr": 'ALERTS{alertstate="firing", ' + INSTANCE + "}",
+                    "expr": 'ALERTS{alertstate="firing", alertname=~"' + "|".join(STALL_ALERTS) + '", ' + INSTANCE + "}",
                     "titleFormat": "{{alertname}}",
                     "textFormat": "{{instance}} {{route}} {{variant}}",
                     "step": "15s",
@@ -331,13 +358,16 @@ def executor_health():
             "already queuing behind something; over 100 ms (red) a handler is holding a worker "
             "with blocking or CPU-heavy code, and every request on that worker waits as long. "
             "A late tick also counts the ticks it swallowed, so a 1 s stall weighs a hundred "
-            "samples and moves p99 for a minute; 'max' is the largest lag between two scrapes, "
-            "so even one short stall shows. If p99 jumps while p50 stays low, one worker is "
-            "stuck and the others still run.",
+            "samples and moves p99 for a minute. p50 and p99 are over every tick of the "
+            "instances picked in the Instance menu (their histograms summed), so one stalled "
+            "instance among many healthy ones lifts p99 less than it lifts its own; 'max' is the "
+            "largest lag any of them saw between two scrapes over the last minute, so even one "
+            "short stall on one instance shows. Pick a single instance to see its own figures. "
+            "If p99 jumps while p50 stays low, one worker is stuck and the others still run.",
             [
-                target(f"stallscope:executor_lag_seconds:p50_1m{{{INSTANCE}}}", "p50 {{instance}}", "A"),
-                target(f"stallscope:executor_lag_seconds:p99_1m{{{INSTANCE}}}", "p99 {{instance}}", "B"),
-                target(f"stallscope:executor_lag_max_seconds:max1m{{{INSTANCE}}}", "max {{instance}}", "C"),
+                target(quantile(0.5, "stallscope:executor_lag_seconds_bucket:rate1m", "", INSTANCE), "p50", "A"),
+                target(quantile(0.99, "stallscope:executor_lag_seconds_bucket:rate1m", "", INSTANCE), "p99", "B"),
+                target(f"max(stallscope:executor_lag_max_seconds:max1m{{{INSTANCE}}})", "max", "C"),
             ],
             "s",
             thresholds=LAG_STEPS,
@@ -349,20 +379,22 @@ def executor_health():
         timeseries(
             "Stalls per second by route",
             "Polls the stall watchdog caught holding a worker longer than the stall threshold "
-            "(default 100 ms), by route and variant. Any non-zero line is a handler doing "
-            "blocking work on the executor: the variant label names the culprit (sleep "
-            "'blocking', cpu 'inline', upstream 'blocking'). route=\"task\" is a background "
-            "task, not a request. Click a series for traces of that route slower than 100 ms.",
+            "(default 100 ms), by route and variant, summed over the instances picked in the "
+            "Instance menu. Any non-zero line is a handler doing blocking work on the executor: "
+            "the variant label names the culprit (sleep 'blocking', cpu 'inline', upstream "
+            "'blocking'); the red line at 0.001 stalls/s is where that starts. route=\"task\" is "
+            "a background task, not a request. Click a series for traces of that route slower "
+            "than 100 ms.",
             [
                 target(
-                    f"stallscope:stalls:rate1m{{{INSTANCE}}}",
+                    f"sum by (route, variant) (stallscope:stalls:rate1m{{{INSTANCE}}})",
                     "{{route}} {{variant}}",
                     "A",
                 )
             ],
             "suffix: stalls/s",
             thresholds=[(None, "green"), (0.001, "red")],
-            draw_thresholds=False,
+            thresholds_style="line",
             min_=0,
             links=[
                 {
@@ -376,18 +408,43 @@ def executor_health():
         w=8,
     )
     L.add(
+        timeseries(
+            "Host delay: stalls while the worker waited for a CPU",
+            "Stalls where the worker thread spent most of the stall runnable but not running "
+            "(the machine was overloaded, or the container hit its CPU limit and was "
+            "throttled), summed over the instances picked in the Instance menu. These are not "
+            "counted against any route in 'Stalls per second by route': no handler caused "
+            "them. Healthy is 0; a rise here with no code stalls means: give the service more "
+            "CPU, or fewer neighbours.",
+            [
+                target(
+                    f"sum(stallscope:host_stalls:rate1m{{{INSTANCE}}})",
+                    "host delay",
+                    "A",
+                )
+            ],
+            "suffix: stalls/s",
+            thresholds=[(None, "green"), (0.001, "#EAB839")],
+            thresholds_style="line",
+            min_=0,
+        ),
+        w=8,
+    )
+    L.add(
         stat(
             "Stalls in progress",
-            "Stalls the watchdog has reported and that are still holding a worker right now, by "
-            "route and variant. The lag canary cannot tick while every worker is blocked, so "
-            "during a total stall this is the panel that still shows it. Red means a worker is "
-            "blocked at this moment.",
+            "Stalls the watchdog has reported that are still holding a worker right now: the "
+            "total over the instances picked in the Instance menu (0 until the first stall, not "
+            "'No data'), then by route and variant for each route that has stalled. The lag "
+            "canary cannot tick while every worker is blocked, so during a total stall this is "
+            "the panel that still shows it. Red means a worker is blocked at this moment.",
             [
+                target(f"sum(stallscope_stalls_in_progress{{{INSTANCE}}}) or vector(0)", "all routes", "A"),
                 target(
                     f"sum by (route, variant) (stallscope_stalls_in_progress{{{INSTANCE}}})",
                     "{{route}} {{variant}}",
-                    "A",
-                )
+                    "B",
+                ),
             ],
             "short",
             [(None, "green"), (1, "red")],
@@ -396,15 +453,38 @@ def executor_health():
     )
     L.add(
         timeseries(
+            "Stall victims per second by culprit",
+            "Requests that were in flight on an instance while another request's poll stalled "
+            "one of its workers, by the culprit's route and variant, summed over the instances "
+            "picked in the Instance menu. This is the collateral damage: a blocking handler "
+            "delays every request that shares its runtime, and each line says whose fault it "
+            "was. Zero when healthy; compare with 'Stalls per second by route': one stall with "
+            "many victims is a busy service paying for one bad handler. The victims' spans "
+            "carry the overlap and a link to the culprit's trace.",
+            [
+                target(
+                    f"sum by (culprit_route, culprit_variant) (stallscope:stall_victims:rate1m{{{INSTANCE}}})",
+                    "{{culprit_route}} {{culprit_variant}}",
+                    "A",
+                )
+            ],
+            "suffix: victims/s",
+            min_=0,
+        ),
+        w=12,
+    )
+    L.add(
+        timeseries(
             "Worker busy ratio per worker",
-            "Share of wall time each runtime worker spends polling tasks (1 = never idle). "
-            "Async handlers keep this low even under heavy traffic, because waiting costs no "
+            "Per worker, per instance: the share of wall time each runtime worker of each "
+            "instance spends polling tasks (1 = never idle); the legend names both. Async "
+            "handlers keep this low even under heavy traffic, because waiting costs no "
             "worker time. One worker pinned at 100% while the others idle is the signature of "
             "a blocking handler; all workers near 100% is CPU saturation (move CPU work to "
             "spawn_blocking or rayon).",
             [
                 target(
-                    f"stallscope:worker_busy:ratio_rate1m{{{INSTANCE}}}",
+                    f"sum by (instance, worker) (stallscope:worker_busy:ratio_rate1m{{{INSTANCE}}})",
                     "worker {{worker}} {{instance}}",
                     "A",
                 )
@@ -419,8 +499,9 @@ def executor_health():
     heatmap = {
         "type": "heatmap",
         "title": "Poll time heatmap",
-        "description": "Every task poll on the service runtime, by duration (Tokio's poll-time "
-        "histogram, power-of-two buckets). A healthy async service is a band in the "
+        "description": "Every task poll on the service runtimes of the instances picked in the "
+        "Instance menu, by duration (Tokio's poll-time histogram, power-of-two buckets; the "
+        "instances' counts summed per bucket). A healthy async service is a band in the "
         "microseconds: a poll runs until the next .await and returns. Cells at 100 ms and above "
         "are polls that blocked a worker; the brighter the cell, the more polls. The top bucket "
         "also holds everything longer than --poll-histogram-max-ms.",
@@ -451,21 +532,22 @@ def executor_health():
             "exemplars": {"color": "rgba(255,0,255,0.7)"},
         },
     }
-    L.add(heatmap, w=12)
+    L.add(heatmap, w=24)
 
     L.row("Queues and tasks")
     L.add(
         timeseries(
             "Global and local queue depth",
-            "Tasks that are ready to run and waiting for a worker: in the global (injection) "
-            "queue, where wake-ups from outside the runtime land, and in each worker's local "
-            "queue. Near zero when healthy. A local queue that grows while its worker's busy "
+            "Per instance: tasks that are ready to run and waiting for a worker, in each "
+            "instance's global (injection) queue, where wake-ups from outside the runtime land, "
+            "and in the local queue of each of its workers (the legend names the instance). "
+            "Near zero when healthy. A local queue that grows while its worker's busy "
             "ratio is 100% holds tasks stuck behind a blocking poll (other workers steal some "
             "of them, which is why lag rises less with more workers).",
             [
                 target(f"sum by (instance) (stallscope_runtime_global_queue_depth{{{INSTANCE}}})", "global {{instance}}", "A"),
                 target(
-                    f"stallscope_runtime_worker_local_queue_depth{{{INSTANCE}}}",
+                    f"sum by (instance, worker) (stallscope_runtime_worker_local_queue_depth{{{INSTANCE}}})",
                     "local worker {{worker}} {{instance}}",
                     "B",
                 ),
@@ -478,8 +560,8 @@ def executor_health():
     L.add(
         timeseries(
             "Alive tasks",
-            "Tasks spawned and not yet finished: one per open connection plus background tasks "
-            "(canary, signal listener). It follows concurrency; a line that keeps climbing "
+            "Per instance: tasks spawned and not yet finished on each instance's runtime, one "
+            "per open connection plus background tasks (canary, signal listener). It follows concurrency; a line that keeps climbing "
             "while traffic is flat means tasks pile up, for example requests waiting behind a "
             "stalled worker.",
             [target(f"sum by (instance) (stallscope_runtime_alive_tasks{{{INSTANCE}}})", "{{instance}}", "A")],
@@ -493,9 +575,10 @@ def executor_health():
     L.add(
         timeseries(
             "Blocking pool: threads, idle, queue depth",
-            "The pool that spawn_blocking and block_in_place hand work to: threads alive, "
-            "threads idle, and jobs queued for a thread. Threads are created on demand up to "
-            "--max-blocking-threads and linger when idle. Idle at 0 with a queue above 0 means "
+            "Per instance (each has its own pool and --max-blocking-threads cap): the pool that "
+            "spawn_blocking and block_in_place hand work to: threads alive, threads idle, and "
+            "jobs queued for a thread. Threads are created on demand up to the cap and linger "
+            "when idle. Idle at 0 with a queue above 0 means "
             "the pool is at its cap (like FastAPI's 40-thread limiter for plain def routes): "
             "jobs wait, but the executor is unaffected.",
             [
@@ -511,15 +594,17 @@ def executor_health():
     L.add(
         timeseries(
             "Blocking-pool queue wait p99 by call site",
-            "How long spawn_blocking jobs waited between submission and start, per call site. "
+            "How long spawn_blocking jobs waited between submission and start, per call site, "
+            "over the jobs of every instance picked in the Instance menu (their histograms "
+            "summed; BlockingPoolSaturated fires per instance). "
             "Thread start-up costs tens of microseconds; waits of 10 ms and more mean every "
             "thread is busy and jobs queue (the BlockingPoolSaturated alert fires above 100 ms). "
             "This slows only the requests using that call site, unlike an executor stall, "
             "which slows everyone.",
             [
                 target(
-                    f"stallscope:blocking_queue_wait_seconds:p99_1m{{{INSTANCE}}}",
-                    "{{call_site}} {{instance}}",
+                    quantile(0.99, "stallscope:blocking_queue_wait_seconds_bucket:rate1m", "call_site", INSTANCE),
+                    "{{call_site}}",
                     "A",
                 )
             ],
@@ -551,7 +636,8 @@ def handler_variants():
         L.add(
             timeseries(
                 f"{lesson}: request rate by variant",
-                "Requests per second that reached each variant's handler. Give the variants "
+                "Requests per second that reached each variant's handler, summed over the "
+                "instances picked in the Instance menu. Give the variants "
                 "the same arrival rate (load/variants.js) and compare the other panels of "
                 "this row: the work asked for is the same, the way it waits is not.",
                 [target(f"sum by (variant) (stallscope:task_requests:rate1m{{{sel}}})", "{{variant}}", "A")],
@@ -564,12 +650,13 @@ def handler_variants():
         L.add(
             timeseries(
                 f"{lesson}: error rate (5xx share) by variant",
-                "Share of each variant's responses that were 5xx. Stalls rarely produce "
+                "Share of each variant's responses that were 5xx, over all the picked "
+                "instances' responses (5xx summed over responses summed). Stalls rarely produce "
                 "errors at first: they produce latency. Errors appear once timeouts kick in "
                 "(504 from the upstream lesson's time limit, 503 when the database is away).",
                 [
                     target(
-                        f"max by (variant) (stallscope:http_request_errors:ratio_rate1m{{{http_sel}}})",
+                        ratio("stallscope:http_request_errors:rate1m", "stallscope:http_requests:rate1m", "variant", http_sel),
                         "{{variant}}",
                         "A",
                     )
@@ -584,15 +671,16 @@ def handler_variants():
         L.add(
             timeseries(
                 f"{lesson}: latency p50 / p99 per variant",
-                "p50 and p99 of each variant, side by side: the stalling variant's p99 stands out. "
+                "p50 and p99 of each variant, side by side, over the requests of every picked "
+                "instance (the HTTP histograms summed): the stalling variant's p99 stands out. "
                 "Both start when the router gets the request: they include waiting for "
                 "a worker after that (an async sleep that woke while a blocking handler held the "
                 "worker), not the wait to be read at all, which only executor lag and the client "
                 "see (k6 prints it per variant). A p99 far above every variant's mean is requests "
                 "queuing behind a stalling variant. Click for the slowest traces of this route.",
                 [
-                    target(f"max by (variant) (stallscope:http_request_duration_seconds:p50_1m{{{http_sel}}})", "p50 {{variant}}", "A"),
-                    target(f"max by (variant) (stallscope:http_request_duration_seconds:p99_1m{{{http_sel}}})", "p99 {{variant}}", "B"),
+                    target(quantile(0.5, HTTP_BUCKETS, "variant", http_sel), "p50 {{variant}}", "A"),
+                    target(quantile(0.99, HTTP_BUCKETS, "variant", http_sel), "p99 {{variant}}", "B"),
                 ],
                 "s",
                 min_=0,
@@ -605,13 +693,14 @@ def handler_variants():
             timeseries(
                 f"{lesson}: slow-poll ratio by variant",
                 "Share of each variant's polls that ran longer than the slow-poll threshold "
-                "(default 1 ms). An async handler is polled briefly each time it wakes up; a "
+                "(default 1 ms): slow polls over polls, each summed over the picked instances "
+                "(HighSlowPollRatio judges each instance on its own). An async handler is polled briefly each time it wakes up; a "
                 "blocking handler has one poll that lasts the whole request, so its ratio sits "
                 "near 100% (red, and the HighSlowPollRatio alert above 50%). block-in-place is "
                 "slow by design but hands its worker's queue to another thread first. When the "
                 "CPU lesson saturates every core, the OS preempts workers mid-poll and even correct "
                 "variants show some slow polls: look for the line pinned near 100%.",
-                [target(f"avg by (variant) (stallscope:task_slow_polls:ratio_rate1m{{{sel}}})", "{{variant}}", "A")],
+                [target(ratio("stallscope:task_slow_polls:rate1m", "stallscope:task_polls:rate1m", "variant", sel), "{{variant}}", "A")],
                 "percentunit",
                 thresholds=[(None, "green"), (0.1, "#EAB839"), (0.5, "red")],
                 min_=0,
@@ -623,11 +712,12 @@ def handler_variants():
         L.add(
             timeseries(
                 f"{lesson}: mean poll time by variant",
-                "Average time one poll of each variant's handler held a worker. Microseconds for "
+                "Average time one poll of each variant's handler held a worker (polling time over "
+                "polls, each summed over the picked instances). Microseconds for "
                 "async code; for a blocking variant it is the whole sleep, hash or upstream call. "
                 "Above the slow-poll threshold (1 ms, amber) the variant is doing work between "
                 ".awaits; above the stall threshold (100 ms, red) it stalls the executor.",
-                [target(f"avg by (variant) (stallscope:task_poll_duration_seconds:mean_rate1m{{{sel}}})", "{{variant}}", "A")],
+                [target(ratio("stallscope:task_poll_duration_seconds:rate1m", "stallscope:task_polls:rate1m", "variant", sel), "{{variant}}", "A")],
                 "s",
                 thresholds=[(None, "green"), (0.001, "#EAB839"), (0.1, "red")],
                 min_=0,
@@ -639,10 +729,11 @@ def handler_variants():
             timeseries(
                 f"{lesson}: scheduled delay by variant",
                 "Mean time each variant's request futures waited in a run queue after being woken "
-                "(first poll included) before a worker picked them up. This is the damage a stall "
+                "(first poll included) before a worker picked them up: waiting time over waits, "
+                "each summed over the picked instances. This is the damage a stall "
                 "does to *other* requests: when a blocking variant runs, the correct variants' "
                 "delay rises too. Same thresholds as executor lag: 10 ms amber, 100 ms red.",
-                [target(f"avg by (variant) (stallscope:task_scheduled_delay_seconds:mean_rate1m{{{sel}}})", "{{variant}}", "A")],
+                [target(ratio("stallscope:task_run_queue_wait_seconds:rate1m", "stallscope:task_run_queue_waits:rate1m", "variant", sel), "{{variant}}", "A")],
                 "s",
                 thresholds=LAG_STEPS,
                 min_=0,
@@ -671,14 +762,14 @@ def dependencies():
         timeseries(
             "Upstream latency p50 / p99 by client variant",
             "Time to answer /upstream/* requests, per client variant, from the HTTP histogram's "
-            "variant label. They wait for the slow upstream (the `ms` parameter sets how long it "
+            "variant label, over the requests of every picked instance (histograms summed). They wait for the slow upstream (the `ms` parameter sets how long it "
             "takes). With the async client, p99 stays at the requested time however many calls "
             "are in flight. With the blocking client on a runtime worker, calls queue behind "
             "each other and p99 grows with concurrency. Click for the slowest traces: the "
             "upstream call's span shows where the time went.",
             [
-                target(f"max by (variant) (stallscope:http_request_duration_seconds:p50_1m{{{http_sel}}})", "p50 {{variant}}", "A"),
-                target(f"max by (variant) (stallscope:http_request_duration_seconds:p99_1m{{{http_sel}}})", "p99 {{variant}}", "B"),
+                target(quantile(0.5, HTTP_BUCKETS, "variant", http_sel), "p50 {{variant}}", "A"),
+                target(quantile(0.99, HTTP_BUCKETS, "variant", http_sel), "p99 {{variant}}", "B"),
             ],
             "s",
             min_=0,
@@ -693,10 +784,13 @@ def dependencies():
             "Mean handler time per client: async (reqwest, awaits the response), blocking "
             "(a synchronous client on the runtime worker: stalls it), spawn-blocking (the same "
             "synchronous client on the blocking pool). Equal load, equal upstream delay: any "
-            "gap between the lines is time spent waiting for a worker or a pool thread.",
+            "gap between the lines is time spent waiting for a worker or a pool thread. The "
+            "mean is over the requests of every picked instance (time summed over requests "
+            "summed).",
             [
                 target(
-                    f'avg by (variant) (stallscope:task_latency_seconds:mean_rate1m{{{INSTANCE}, route="{route}", variant!="invalid"}})',
+                    ratio("stallscope:task_latency_seconds:rate1m", "stallscope:task_finished:rate1m", "variant",
+                          f'{INSTANCE}, route="{route}", variant!="invalid"'),
                     "{{variant}}",
                     "A",
                 )
@@ -710,7 +804,8 @@ def dependencies():
     L.add(
         timeseries(
             "Upstream requests by status",
-            "Responses per second from the upstream lesson, by status code. 504 means the "
+            "Responses per second from the upstream lesson, by status code, summed over the "
+            "picked instances. 504 means the "
             "upstream call outlived --upstream-timeout-ms; 502 that the upstream could not be "
             "reached. A stalled executor can turn a healthy upstream into timeouts: the reply "
             "arrives, but no worker is free to read it.",
@@ -730,12 +825,13 @@ def dependencies():
     L.add(
         timeseries(
             "Upstream error rate (5xx share) by client variant",
-            "Share of each client variant's upstream-lesson responses that were 5xx. Over 1% "
+            "Share of each client variant's upstream-lesson responses that were 5xx (5xx over "
+            "all responses, each summed over the picked instances). Over 1% "
             "amber, over 5% red. Compare with the latency panel: timeouts follow once p99 "
             "reaches the client's time limit.",
             [
                 target(
-                    f"max by (variant) (stallscope:http_request_errors:ratio_rate1m{{{http_sel}}})",
+                    ratio("stallscope:http_request_errors:rate1m", "stallscope:http_requests:rate1m", "variant", http_sel),
                     "{{variant}}",
                     "A",
                 )
@@ -752,11 +848,12 @@ def dependencies():
         timeseries(
             "Upstream calls in flight",
             "Upstream-lesson requests being served right now (connections in use), and "
-            "blocking-client calls handed to the blocking pool (queued or running). In flight "
+            "blocking-client calls handed to the blocking pool (queued or running), summed over "
+            "the picked instances. In flight "
             "= rate x latency: if it climbs at a steady request rate, calls are getting slower.",
             [
                 target(
-                    f"sum by (http_route) (http_server_active_requests{{{http_sel}}})",
+                    f"sum(http_server_active_requests{{{http_sel}}})",
                     "requests in flight",
                     "A",
                 ),
@@ -776,12 +873,14 @@ def dependencies():
             "Blocking client: pool acquire wait p99",
             "How long the spawn-blocking upstream client waited for a blocking-pool thread "
             "before its call could start: the connection-pool 'acquire wait' of a synchronous "
-            "client. Near zero until the pool is at --max-blocking-threads; then every extra "
-            "call queues (10 ms amber, 100 ms red, as for the blocking pool).",
+            "client, over the calls of every picked instance (histograms summed). Near zero "
+            "until an instance's pool is at --max-blocking-threads; then every extra call "
+            "queues (10 ms amber, 100 ms red, as for the blocking pool).",
             [
                 target(
-                    f'stallscope:blocking_queue_wait_seconds:p99_1m{{{INSTANCE}, call_site=~"upstream/.*"}}',
-                    "{{call_site}} {{instance}}",
+                    quantile(0.99, "stallscope:blocking_queue_wait_seconds_bucket:rate1m", "call_site",
+                             f'{INSTANCE}, call_site=~"upstream/.*"'),
+                    "{{call_site}}",
                     "A",
                 )
             ],
@@ -797,7 +896,8 @@ def dependencies():
             "Query latency p50 / p99 by operation",
             "How long each kind of query takes from sending it to having its result (pool "
             "checkout excluded), whichever variant issued it, per backend (sqlite, postgres, "
-            "mysql: DATABASE_URL). `sleep` is the lesson's database-side delay, so it sits at the "
+            "mysql: DATABASE_URL), over the queries of every picked instance (histograms "
+            "summed). `sleep` is the lesson's database-side delay, so it sits at the "
             "requested ms; the CRUD operations of /users should stay in single milliseconds. "
             "The query time is the same for the async and the blocking variant: what differs is "
             "whether a runtime worker waited for it (compare the Handler variants dashboard's "
@@ -805,12 +905,12 @@ def dependencies():
             "client spans show each query.",
             [
                 target(
-                    f"max by (backend, operation) (stallscope:db_query_duration_seconds:p50_1m{{{INSTANCE}}})",
+                    quantile(0.5, "stallscope:db_query_duration_seconds_bucket:rate1m", "backend, operation", INSTANCE),
                     "p50 {{operation}} ({{backend}})",
                     "A",
                 ),
                 target(
-                    f"max by (backend, operation) (stallscope:db_query_duration_seconds:p99_1m{{{INSTANCE}}})",
+                    quantile(0.99, "stallscope:db_query_duration_seconds_bucket:rate1m", "backend, operation", INSTANCE),
                     "p99 {{operation}} ({{backend}})",
                     "B",
                 ),
@@ -824,7 +924,8 @@ def dependencies():
     L.add(
         timeseries(
             "Queries per second by operation",
-            "Queries sent per second, by operation and backend: the load the handlers put on the "
+            "Queries sent per second, by operation and backend, summed over the picked "
+            "instances: the load the handlers put on the "
             "database. Read it with the latency panel: latency that rises with this rate is the "
             "database (or the pool) running out of room; latency that rises without it is "
             "something else, such as a stalled worker that cannot read the answer.",
@@ -846,7 +947,8 @@ def dependencies():
             "Pool connections: in use / idle / max",
             "Connections of the async pool (diesel-async with deadpool: the async and raw "
             "variants and /users) and the sync pool (diesel with r2d2: the blocking and "
-            "spawn-blocking variants), per instance and backend. Connections open lazily, so "
+            "spawn-blocking variants), per instance and backend: each instance has its own "
+            "pools, and the legend names it. Connections open lazily, so "
             "idle starts at 0. In use reaching max (the `max` line, "
             "--db-pool-size) means the next checkout waits: see the acquire wait next to it.",
             [
@@ -869,13 +971,15 @@ def dependencies():
     L.add(
         timeseries(
             "Pool utilisation (in use / max)",
-            "Share of each pool's connections checked out. Below 80% (green) the pool has "
+            "Per instance: the share of each instance's pools' connections checked out (in "
+            "use over max; the legend names the instance). Below 80% (green) the pool has "
             "room; at 100% (red) every connection is busy and new queries queue for one. A sync "
             "pool stuck at 100% while the async one idles is the blocking variant holding "
             "connections, and workers, at once.",
             [
                 target(
-                    f"max by (instance, backend, pool) (stallscope:db_pool_connections_in_use:ratio{{{INSTANCE}}})",
+                    f'sum by (instance, backend, pool) (stallscope_db_pool_connections{{{INSTANCE}, state="in_use"}})'
+                    f" / sum by (instance, backend, pool) (stallscope_db_pool_max_connections{{{INSTANCE}}})",
                     "{{pool}} ({{backend}} {{instance}})",
                     "A",
                 )
@@ -890,16 +994,17 @@ def dependencies():
     L.add(
         timeseries(
             "Pool acquire wait p99",
-            "How long a query waited to check a connection out of the pool, connecting "
-            "included (10 ms amber, 100 ms red). Near zero while the pool has idle connections "
+            "How long a query waited to check a connection out of its instance's pool, "
+            "connecting included, over the checkouts of every picked instance (histograms "
+            "summed), per backend and pool (10 ms amber, 100 ms red). Near zero while the pool has idle connections "
             "(the first checkout of a connection pays the connect). It climbs when the pool is "
             "too small for the concurrency, or when the blocking variant holds connections "
             "while it also holds the only worker. Checkouts give up after "
             "--db-acquire-timeout-ms (503).",
             [
                 target(
-                    f"max by (instance, backend, pool) (stallscope:db_pool_acquire_wait_seconds:p99_1m{{{INSTANCE}}})",
-                    "{{pool}} ({{backend}} {{instance}})",
+                    quantile(0.99, "stallscope:db_pool_acquire_wait_seconds_bucket:rate1m", "backend, pool", INSTANCE),
+                    "{{pool}} ({{backend}})",
                     "A",
                 )
             ],
@@ -914,22 +1019,24 @@ def dependencies():
         timeseries(
             "OTLP spans exported / dropped per second",
             "Spans sent to the trace backend (OTEL_EXPORTER_OTLP_ENDPOINT) per second, and spans "
-            "lost, by reason: export_failed (the collector is down or refused the batch), "
+            "lost, by reason, summed over the picked instances: export_failed (the collector is down or refused the batch), "
             "queue_full (spans end faster than the exporter sends them: raise "
             "OTEL_BSP_MAX_QUEUE_SIZE or sample), shut_down (ended after shutdown began). The "
             "exporter runs on its own thread and never slows a request: when export fails, the "
             "cost is missing traces, so the trace links on these dashboards find nothing. Dropped "
-            "lines are orange; the OtelSpansDropped alert fires when over 1% of "
-            "spans are lost for 5 minutes. No lines at all: export is off (no endpoint set).",
+            "lines are orange; the OtelSpansDropped alert fires when an instance loses over 1% "
+            "of its spans for 5 minutes. Every line is there from the start, at 0 until the "
+            "first span or drop; 'exported' staying at 0 while requests flow and nothing is "
+            "dropped means export is off (no endpoint set).",
             [
                 target(
-                    f"sum by (instance) (stallscope:otel_spans_exported:rate1m{{{INSTANCE}}})",
-                    "exported {{instance}}",
+                    f"sum(stallscope:otel_spans_exported:rate1m{{{INSTANCE}}})",
+                    "exported",
                     "A",
                 ),
                 target(
-                    f"sum by (instance, reason) (stallscope:otel_spans_dropped:rate1m{{{INSTANCE}}})",
-                    "dropped: {{reason}} {{instance}}",
+                    f"sum by (reason) (stallscope:otel_spans_dropped:rate1m{{{INSTANCE}}})",
+                    "dropped: {{reason}}",
                     "B",
                 ),
             ],

@@ -13,29 +13,33 @@ export function envInt(name, fallback) {
   return n;
 }
 
-// The lessons: route template, variants (src/routes/*.rs), and the query that sizes a request.
+// The lessons: route template, variants (src/routes/*.rs), and the query that sizes a request:
+// `query(fallback)` reads the lesson's variable from the environment, or uses `fallback` (a
+// script's own default), or the lesson's. A script cannot change the defaults by assigning to
+// __ENV: k6 does not hand such assignments on to the VUs, which would still read the
+// lesson's default here.
 export const LESSONS = {
   sleep: {
     route: '/sleep/{variant}',
     variants: ['async', 'blocking', 'spawn-blocking', 'block-in-place'],
-    query: () => `ms=${envInt('SLEEP_MS', 100)}`,
+    query: (fallback = 100) => `ms=${envInt('SLEEP_MS', fallback)}`,
   },
   cpu: {
     route: '/cpu/{variant}',
     variants: ['inline', 'spawn-blocking', 'rayon'],
     // ~20 M SHA-256 rounds/s in a release build: 1.5 M is ~75 ms of one core.
-    query: () => `iterations=${envInt('CPU_ITERATIONS', 1500000)}`,
+    query: (fallback = 1500000) => `iterations=${envInt('CPU_ITERATIONS', fallback)}`,
   },
   upstream: {
     route: '/upstream/{variant}',
     variants: ['async', 'blocking', 'spawn-blocking'],
-    query: () => `ms=${envInt('UPSTREAM_MS', 100)}`,
+    query: (fallback = 100) => `ms=${envInt('UPSTREAM_MS', fallback)}`,
   },
   // The database waits (pg_sleep, SLEEP(), SQLite's stallscope_sleep).
   db: {
     route: '/db/{variant}/sleep',
     variants: ['async', 'raw', 'blocking', 'spawn-blocking'],
-    query: () => `ms=${envInt('DB_SLEEP_MS', 100)}`,
+    query: (fallback = 100) => `ms=${envInt('DB_SLEEP_MS', fallback)}`,
   },
 };
 

@@ -2,10 +2,12 @@
 # The stack users run (docs/stack.md), checked against real tools: Prometheus config and
 # rules (promtool), docker-compose.yml (docker-compose 1.29, every profile), the Grafana
 # dashboards (structure, datasource uids, generated JSON up to date), the Docker build
-# context, and then a live run: the release binary and its standalone upstream, a real
-# Prometheus scraping it every second, k6 running every load script with its thresholds,
-# and every PromQL expression of every dashboard panel, datasource and rule returning data;
-# spans go to a stand-in OTLP collector and the dashboards' trace links are checked against them.
+# context, and then a live run: the release binary's standalone upstream and two instances
+# of the service (a fleet of two replicas), a real Prometheus scraping both every second, k6
+# running every load script with its thresholds, every PromQL expression of every dashboard
+# panel, datasource and rule returning data, no panel showing two series under one legend,
+# and every ratio panel equal to the ratio of the raw counters' sums; spans go to a stand-in
+# OTLP collector and the dashboards' trace links are checked against them.
 #
 # Needs: prometheus + promtool, docker-compose, and a venv with k6 and PyYAML
 # (scripts/checks/stack/install-tools.sh; scripts/ci-setup.sh runs it).
@@ -36,12 +38,20 @@ step "promtool test rules prometheus/tests/*.yml"
 promtool test rules prometheus/tests/*.yml
 
 step "docker-compose config (default profile, load, mysql)"
+tmp_compose="$(mktemp -d)"
+trap 'rm -rf "$tmp_compose"' EXIT
 docker-compose version --short
 for profile in "" load mysql; do
   docker-compose -f docker-compose.yml ${profile:+--profile "$profile"} config -q
   echo "  config -q ${profile:+--profile $profile }ok"
 done
 "$py" "$here/stackcheck.py" compose
+# `run -e K6_SCRIPT=...` must pick the script (docs/stack.md): Compose substitutes ${...} from
+# the host while parsing, so the script has to be read in the container. Resolved twice: with
+# no K6_SCRIPT on the host, and with one (the other documented spelling).
+env -u K6_SCRIPT docker-compose -f docker-compose.yml --profile load config >"$tmp_compose/k6.yml"
+env K6_SCRIPT=db.js docker-compose -f docker-compose.yml --profile load config >"$tmp_compose/k6-host.yml"
+"$py" "$here/stackcheck.py" compose-k6 "$tmp_compose/k6.yml" "$tmp_compose/k6-host.yml"
 
 step "Grafana dashboards: generated JSON up to date, structure, datasource uids"
 python3 grafana/dashboards.py --check
@@ -60,6 +70,7 @@ cleanup() {
   local pid
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$tmp_compose"
   if [ "${KEEP_STACK_TMP:-}" = 1 ]; then echo "kept $tmp"; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
@@ -88,9 +99,9 @@ wait_http() { # url, what, pid
   die "$2 did not come up at $1"
 }
 
-step "start the upstream, an OTLP collector stand-in, stallscope and Prometheus on loopback"
+step "start the upstream, an OTLP collector stand-in, two stallscope instances and Prometheus on loopback"
 up_port=$(free_port); svc_port=$(free_port); metrics_port=$(free_port); prom_port=$(free_port)
-otlp_port=$(free_port)
+otlp_port=$(free_port); svc2_port=$(free_port); metrics2_port=$(free_port)
 "$bin" upstream --bind "127.0.0.1:$up_port" >"$tmp/upstream.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$up_port/healthz" upstream $!
@@ -103,29 +114,37 @@ touch "$tmp/otlp-refuse"
 pids+=($!)
 # Two workers so that a handful of blocking requests stall the whole executor, and a small
 # blocking pool so that the spawn-blocking burst saturates it: both alerts' conditions occur.
-# The database is an embedded SQLite file (the default backend, no server needed).
-OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
-OTEL_SERVICE_NAME=stallscope OTEL_BSP_SCHEDULE_DELAY=500 \
-"$bin" serve --bind "127.0.0.1:$svc_port" --metrics-bind "127.0.0.1:$metrics_port" \
-  --upstream-url "http://127.0.0.1:$up_port" --workers 2 --max-blocking-threads 4 \
-  --database-url "sqlite://$tmp/stack.db" \
-  >"$tmp/stallscope.log" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$svc_port/readyz" stallscope $!
-"$py" "$here/stackcheck.py" prom-config "$tmp/prometheus.yml" "127.0.0.1:$metrics_port" "$root/prometheus/rules.yml"
+# The database is an embedded SQLite file (the default backend, no server needed), one per
+# instance. Two instances, both targets of the one `stallscope` job, as replicas would be:
+# every panel must sum them right.
+start_stallscope() { # name, service port, metrics port
+  OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+  OTEL_SERVICE_NAME=stallscope OTEL_RESOURCE_ATTRIBUTES="service.instance.id=$1" OTEL_BSP_SCHEDULE_DELAY=500 \
+  "$bin" serve --bind "127.0.0.1:$2" --metrics-bind "127.0.0.1:$3" \
+    --upstream-url "http://127.0.0.1:$up_port" --workers 2 --max-blocking-threads 4 \
+    --database-url "sqlite://$tmp/$1.db" \
+    >"$tmp/$1.log" 2>&1 &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$2/readyz" "$1" $!
+}
+start_stallscope stallscope "$svc_port" "$metrics_port"
+start_stallscope stallscope-2 "$svc2_port" "$metrics2_port"
+"$py" "$here/stackcheck.py" prom-config "$tmp/prometheus.yml" \
+  "127.0.0.1:$metrics_port,127.0.0.1:$metrics2_port" "$root/prometheus/rules.yml"
 promtool check config "$tmp/prometheus.yml" >/dev/null
 prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/prom-data" \
   --web.listen-address="127.0.0.1:$prom_port" --log.level=warn >"$tmp/prometheus.log" 2>&1 &
 pids+=($!)
 prom="http://127.0.0.1:$prom_port"
 wait_http "$prom/-/ready" prometheus $!
-echo "  upstream :$up_port, stallscope :$svc_port (metrics :$metrics_port), prometheus :$prom_port, otlp :$otlp_port"
-# Prometheus applies new scrape targets up to 5 s after it is ready: wait for the first scrape,
-# or whatever happens before it (smoke.js, the refused spans) is invisible to rate().
+echo "  upstream :$up_port, stallscope :$svc_port (metrics :$metrics_port) and :$svc2_port (metrics :$metrics2_port)," \
+  "prometheus :$prom_port, otlp :$otlp_port"
+# Prometheus applies new scrape targets up to 5 s after it is ready: wait for the first scrape
+# of both, or whatever happens before it (smoke.js, the refused spans) is invisible to rate().
 for i in $(seq 1 100); do
   "$py" -c 'import json,sys,urllib.request; sys.exit(0 if json.load(urllib.request.urlopen(sys.argv[1]))["data"]["result"] else 1)' \
-    "$prom/api/v1/query?query=up%7Bjob%3D%22stallscope%22%7D%3D%3D1" 2>/dev/null && break
-  [ "$i" = 100 ] && die "prometheus never scraped stallscope"
+    "$prom/api/v1/query?query=count(up%7Bjob%3D%22stallscope%22%7D%3D%3D1)%3D%3D2" 2>/dev/null && break
+  [ "$i" = 100 ] && die "prometheus never scraped both stallscope instances"
   sleep 0.1
 done
 
@@ -133,24 +152,58 @@ step "the image's and compose's healthcheck commands against the live processes"
 SERVICE_PORT=$svc_port UPSTREAM_PORT=$up_port "$py" "$here/stackcheck.py" healthchecks
 
 base="http://127.0.0.1:$svc_port"
+base2="http://127.0.0.1:$svc2_port"
 run_k6() { # script, env...
   local script=$1; shift
   step "k6 run load/$script"
   env BASE_URL="$base" "$@" "$k6" run --no-usage-report --quiet "load/$script"
 }
+# The second instance's load runs in the background, next to the first's (its own port for
+# k6's REST API, which would otherwise clash); its thresholds must hold too.
+second_pid=
+second_k6() { # script, env...
+  local script=$1; shift
+  env BASE_URL="$base2" "$@" "$k6" run --no-usage-report --quiet --address "127.0.0.1:$(free_port)" \
+    "load/$script" >"$tmp/k6-second-$script.log" 2>&1 &
+  second_pid=$!
+  pids+=("$second_pid")
+}
+wait_second_k6() { # script
+  step "k6 run load/$1 against the second instance (alongside)"
+  if ! wait "$second_pid"; then
+    cat "$tmp/k6-second-$1.log"
+    die "k6 load/$1 against the second instance failed"
+  fi
+  grep -E '^ *(ok|FAIL) ' "$tmp/k6-second-$1.log" | sed 's/^/  /' || true
+}
 load_start=$(date +%s)
+# The second instance's CPU requests are tiny (well under the 1 ms slow-poll threshold),
+# the first's are not: see variants.js below.
+second_k6 smoke.js DURATION=3s CPU_ITERATIONS=2000
 run_k6 smoke.js DURATION=3s
+wait_second_k6 smoke.js
 rm "$tmp/otlp-refuse" # the collector accepts spans from now on
+step "smoke.js's small requests reached its VUs"
+"$py" "$here/stackcheck.py" smoke-size "http://127.0.0.1:$metrics_port/metrics" "http://127.0.0.1:$metrics2_port/metrics"
 # Light CPU requests (~25 ms): enough for cpu/inline to stall, not enough to saturate both
 # cores, where OS preemption would make even the correct CPU variants' polls look slow.
+# The second instance gets half the rate and different work: 150 ms sleeps, so it stalls on
+# /sleep/{variant} blocking like the first (the panels must sum the two), and CPU requests
+# too small to be slow polls, so cpu/inline's slow-poll ratio is 1 on one instance and 0 on
+# the other (a panel averaging the two would be wrong, and `stackcheck.py ratios` tells).
+second_k6 variants.js DURATION=8s RATE=1 SLEEP_MS=150 CPU_ITERATIONS=2000
 run_k6 variants.js DURATION=8s CPU_ITERATIONS=500000
+wait_second_k6 variants.js
 run_k6 collateral.js BURST_VUS=6
 # /users CRUD, /login and /db/{variant}/users/{id} (variants.js covered /db/{variant}/sleep).
 run_k6 db.js DURATION=5s VUS=2
 
-step "every PromQL expression of the dashboards, datasources and rules returns data over the load"
+step "every PromQL expression of the dashboards, datasources and rules returns data over the load; one series per legend"
 sleep 3 # a last scrape and rule evaluation after the load
 "$py" "$here/stackcheck.py" queries "$prom" "$load_start"
+
+step "every ratio panel shows the ratio of the sums over both instances"
+"$py" "$here/stackcheck.py" ratios "$prom" "$load_start"
 
 step "each alert went pending or firing: the load made every alert's condition true"
 "$py" "$here/stackcheck.py" alerts "$prom" "$load_start"

@@ -3,15 +3,27 @@
 
     stackcheck.py dashboards            structure of grafana/dashboards/*.json
     stackcheck.py compose               docker-compose.yml against the rest of the stack
+    stackcheck.py compose-k6 RESOLVED RESOLVED_HOST_ENV
+                                        the k6 service, as `docker-compose config` resolved
+                                        it (host without K6_SCRIPT, and with K6_SCRIPT=db.js),
+                                        runs the script named by `run -e K6_SCRIPT=...`
     stackcheck.py docker CONTEXT_DIR    copy the Docker build context (after .dockerignore)
     stackcheck.py rust-version METADATA the Dockerfile's Rust covers every locked package
     stackcheck.py healthchecks          run the image's and compose's healthcheck commands
                                         (needs SERVICE_PORT, UPSTREAM_PORT)
-    stackcheck.py prom-config OUT TARGET RULES
+    stackcheck.py prom-config OUT TARGETS RULES
                                         prometheus/prometheus.yml, rewritten for a local run
+                                        (TARGETS: comma-separated, all in job stallscope)
     stackcheck.py queries PROM_URL START
                                         every dashboard, datasource and rule expression
-                                        returns data from a live Prometheus since START
+                                        returns data from a live Prometheus since START; no
+                                        panel shows two series under one legend (all
+                                        instances, and each one alone)
+    stackcheck.py ratios PROM_URL START every ratio panel's fleet value is the ratio of the
+                                        raw counters' sums over the instances
+    stackcheck.py smoke-size METRICS_URL...
+                                        after smoke.js alone: its /sleep/blocking requests
+                                        slept its own 20 ms, not the lessons' 100 ms default
     stackcheck.py alerts PROM_URL START every alert went pending or firing since START,
                                         HighSlowPollRatio only for stalling variants
     stackcheck.py runtime-libs BINARY   the final image installs the shared libraries the
@@ -59,6 +71,7 @@ REQUIRED_PANELS = {
         "Executor lag p50 / p99",
         "Stalls per second by route",
         "Stalls in progress",
+        "Stall victims per second by culprit",
         "Worker busy ratio per worker",
         "Poll time heatmap",
         "Global and local queue depth",
@@ -93,6 +106,9 @@ REQUIRED_PANELS = {
         "OTLP spans exported / dropped per second",
     ],
 }
+
+# What the dashboards' "Stall alerts" annotation shows: the alerts about stalls, no others.
+STALL_ALERTS = {"ExecutorStalled", "HighSlowPollRatio"}
 
 # Panels whose thresholds the issue fixes: executor lag, amber over 10 ms, red over 100 ms.
 REQUIRED_THRESHOLDS = {"Executor lag p50 / p99": [(0.01, {"#EAB839", "yellow", "orange"}), (0.1, {"red"})]}
@@ -233,6 +249,10 @@ def check_dashboards():
                 values = [s["value"] for s in steps[1:]]
                 if values != sorted(values):
                     fail(f"{pname}: threshold steps are not ascending: {values}")
+            style = defaults.get("custom", {}).get("thresholdsStyle", {}).get("mode", "off")
+            if panel.get("type") == "timeseries" and len(steps) > 1 and style == "off":
+                fail(f"{pname}: sets thresholds {[s.get('value') for s in steps[1:]]} but never draws them "
+                     "(thresholdsStyle off)")
             for suffix, wanted in REQUIRED_THRESHOLDS.items():
                 if title.endswith(suffix):
                     got = {s.get("value"): s.get("color") for s in steps}
@@ -257,6 +277,16 @@ def check_dashboards():
                         ds = q.get("datasource", {})
                         if uids.get(ds.get("uid")) != "jaeger" or ds.get("type") != "jaeger":
                             fail(f"{pname}: trace link {link.get('title')!r} points at {ds}, not the provisioned Jaeger")
+        alert_names = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
+        for ann in dash.get("annotations", {}).get("list", []):
+            if ann.get("name") == "Stall alerts":
+                m = re.search(r'alertname=~"([^"]+)"', ann.get("expr", ""))
+                names = set(m.group(1).split("|")) if m else set()
+                if names != STALL_ALERTS:
+                    fail(f"{name}: the 'Stall alerts' annotation shows {sorted(names) or 'every alert'}, "
+                         f"not the stall alerts {sorted(STALL_ALERTS)}")
+                elif names - alert_names:
+                    fail(f"{name}: the 'Stall alerts' annotation names alerts that do not exist: {sorted(names - alert_names)}")
         for wanted in REQUIRED_PANELS.get(dash.get("title"), []):
             if not any(t.endswith(wanted) for t in titles):
                 fail(f"{name}: no panel {wanted!r}")
@@ -368,12 +398,92 @@ def check_compose():
     if not (ROOT / "grafana" / "dashboards" / Path(home).name).exists():
         fail(f"grafana's home dashboard {home} is not one of grafana/dashboards/")
     k6 = services["k6"]
-    script = re.search(r"\$\{K6_SCRIPT:-([^}]+)\}", " ".join(k6["command"]))
-    if "--no-usage-report" not in k6["command"] or not script or not (ROOT / "load" / script.group(1)).exists():
-        fail(f"k6 command {k6['command']} must use --no-usage-report and a script in load/")
+    script = re.search(r"\$\{K6_SCRIPT:-([^}]+)\}", str(k6.get("environment", {}).get("K6_SCRIPT", "")))
+    if "--no-usage-report" not in " ".join(k6.get("entrypoint") or []) or not script \
+            or not (ROOT / "load" / script.group(1)).exists():
+        fail(f"k6 must run with --no-usage-report and default K6_SCRIPT to a script in load/ "
+             f"(entrypoint {k6.get('entrypoint')}, environment {k6.get('environment')})")
+    if "K6_SCRIPT" in json.dumps(k6.get("command")):
+        fail("k6's command names K6_SCRIPT: Compose substitutes it from the host at parse time, "
+             "so `run -e K6_SCRIPT=...` would be ignored")
     if k6["image"].split(":")[1] != "1.1.0":
         fail("the k6 image should match the k6 the checks run (1.1.0)")
     done("compose")
+
+
+def check_compose_k6(resolved, resolved_host_env):
+    """docs/stack.md says `docker compose --profile load run --rm -e K6_SCRIPT=collateral.js
+    k6` runs collateral.js. `docker-compose config` shows the k6 service as Compose will
+    start it; this runs its entrypoint the way the container would (the environment of the
+    service, then `run -e`, which overrides it), with a stand-in `k6` that prints its
+    arguments, and checks which script it would run. RESOLVED was made with no K6_SCRIPT in
+    the host's environment, RESOLVED_HOST_ENV with K6_SCRIPT=db.js (the other spelling:
+    `K6_SCRIPT=db.js docker compose ... run --rm k6`)."""
+    import tempfile
+
+    fake = Path(tempfile.mkdtemp()) / "k6"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf \'%s\\n\' "$a"; done\n')
+    fake.chmod(0o755)
+
+    def k6_service(path):
+        svc = yaml.safe_load(Path(path).read_text())["services"]["k6"]
+        # `config` writes a literal `$` as `$$` so that its output is valid Compose again.
+        unescape = lambda v: v.replace("$$", "$") if isinstance(v, str) else v
+        entrypoint = svc.get("entrypoint") or ["k6"]
+        entrypoint = [entrypoint] if isinstance(entrypoint, str) else entrypoint
+        command = svc.get("command") or []
+        command = command.split() if isinstance(command, str) else command
+        env = {k: unescape(str(v)) for k, v in (svc.get("environment") or {}).items()}
+        mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in svc.get("volumes", [])]
+        return [unescape(a) for a in entrypoint + command], env, mounts
+
+    def script_run(argv, env, run_e):
+        if argv[0] == "k6":
+            argv = [str(fake)] + argv[1:]
+        full = {"PATH": f"{fake.parent}:{os.environ['PATH']}", **env, **run_e}
+        out = subprocess.run(argv, env=full, capture_output=True, text=True, timeout=10)
+        args = out.stdout.splitlines()
+        return args[-1] if out.returncode == 0 and args[:2] == ["run", "--no-usage-report"] else f"<{out.stdout}{out.stderr}>"
+
+    cases = [(resolved, {}, "/scripts/variants.js", "no K6_SCRIPT anywhere")]
+    for script in sorted(p.name for p in (ROOT / "load").glob("*.js") if p.name != "lib.js"):
+        cases.append((resolved, {"K6_SCRIPT": script}, f"/scripts/{script}", f"run -e K6_SCRIPT={script}"))
+    cases.append((resolved_host_env, {}, "/scripts/db.js", "K6_SCRIPT=db.js in the host's environment"))
+    cases.append((resolved_host_env, {"K6_SCRIPT": "collateral.js"}, "/scripts/collateral.js",
+                  "K6_SCRIPT=db.js on the host, run -e K6_SCRIPT=collateral.js"))
+    for path, run_e, want, what in cases:
+        argv, env, mounts = k6_service(path)
+        got = script_run(argv, env, run_e)
+        if got != want:
+            fail(f"k6 service with {what}: runs {got}, not {want}")
+            continue
+        if not any(m.endswith(":/scripts") or m.endswith(":/scripts:ro") for m in mounts) \
+                or not (ROOT / "load" / Path(want).name).exists():
+            fail(f"k6 service: {want} is not load/{Path(want).name} mounted at /scripts ({mounts})")
+            continue
+        print(f"  {what}: k6 runs {got}")
+    done("compose k6")
+
+
+def check_smoke_size(urls):
+    """smoke.js sizes its requests small (20 ms sleeps). k6 does not hand assignments to __ENV
+    on to the VUs, so a script that set its defaults that way sent the lessons' 100 ms sleeps
+    instead, and every smoke round stalled the executor. The mean poll of /sleep/blocking (one
+    poll per request: the sleep) tells which size arrived."""
+    for url in urls:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        def value(name):
+            m = re.search(r'^' + name + r'\{route="/sleep/\{variant\}",variant="blocking"\} (\S+)$', text, re.M)
+            return float(m.group(1)) if m else 0.0
+        polls, seconds = value("stallscope_task_polls_total"), value("stallscope_task_poll_duration_seconds_total")
+        if not polls:
+            fail(f"{url}: smoke.js sent no /sleep/blocking request")
+        elif seconds / polls > 0.06:
+            fail(f"{url}: smoke.js's /sleep/blocking polls took {seconds / polls * 1000:.0f} ms on average: "
+                 "its 20 ms default did not reach the VUs")
+        else:
+            print(f"  {url}: /sleep/blocking polled {polls:.0f} times, {seconds / polls * 1000:.0f} ms each (smoke.js asks for 20)")
+    done("smoke size")
 
 
 # ---------------------------------------------------------------------------------------
@@ -517,8 +627,9 @@ def run_healthchecks():
 # Prometheus
 
 
-def write_prom_config(out, target, rules):
-    """prometheus/prometheus.yml with the compose addresses replaced by local ones."""
+def write_prom_config(out, targets, rules):
+    """prometheus/prometheus.yml with the compose addresses replaced by local ones: every
+    local instance is a target of the same job, as replicas of one service would be."""
     doc = yaml.safe_load(PROMETHEUS_YML.read_text())
     doc["global"]["scrape_interval"] = "1s"
     doc["global"]["scrape_timeout"] = "900ms"
@@ -529,10 +640,20 @@ def write_prom_config(out, target, rules):
         if job["job_name"] != "stallscope":
             continue
         job.pop("dns_sd_configs", None)  # the mysql profile's second instance
-        job["static_configs"] = [{"targets": [target]}]
+        job["static_configs"] = [{"targets": targets.split(",")}]
         jobs.append(job)
     doc["scrape_configs"] = jobs
     Path(out).write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def prom_query(base, expr, at):
+    """An instant query at `at` (unix seconds)."""
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr, "time": f"{at:.3f}"})
+    with urllib.request.urlopen(url, timeout=20) as resp:
+        body = json.load(resp)
+    if body.get("status") != "success":
+        raise RuntimeError(body)
+    return body["data"]
 
 
 def prom_query_range(base, expr, start, end):
@@ -564,6 +685,91 @@ def substitute(expr, variables):
 
 def legend_labels(legend):
     return re.findall(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}", legend or "")
+
+
+def rendered_legend(legend, labels):
+    """The name Grafana gives a series: its Prometheus backend replaces each {{label}} of the
+    legend format with the label's value, or with nothing when the series has no such label."""
+    return re.sub(r"\{\{\s*(.+?)\s*\}\}", lambda m: labels.get(m.group(1), ""), legend)
+
+
+def regex_value(value):
+    """A value picked in a multi-value/All template variable, as Grafana interpolates it into
+    a `=~` matcher: regex metacharacters escaped (inside a PromQL string, so `\\\\.`)."""
+    return re.sub(r"([\\^$*+?.()|{}\[\]])", r"\\\\\1", value)
+
+
+def panel_targets():
+    """(dashboard, panel, variables) of every panel with queries."""
+    for path in DASHBOARDS:
+        dash = json.loads(path.read_text())
+        variables = {v["name"]: v.get("allValue") or ".+" for v in dash.get("templating", {}).get("list", [])}
+        for panel in all_panels(dash):
+            if panel.get("targets"):
+                yield dash, panel, variables
+
+
+# Evidence that both instances took part: each query must return something at the end of
+# the load, or the fleet checks below would pass on one instance's data alone.
+FLEET_COVERAGE = [
+    ("both instances were scraped", 'count(up{job="stallscope"} == 1) >= 2'),
+    ("both instances served lesson requests", "count(sum by (instance) (increase(stallscope_task_polls_total[{range}])) > 0) >= 2"),
+    ("both instances stalled on the same route and variant (two series a panel must sum)",
+     "count by (route, variant) (sum by (instance, route, variant) (increase(stallscope_stalls_total[{range}])) > 0) >= 2"),
+    ("both instances had stall victims", "count(sum by (instance) (increase(stallscope_stall_victims_total[{range}])) > 0) >= 2"),
+    ("both instances observed HTTP latencies", "count(sum by (instance) (increase(http_server_request_duration_seconds_count[{range}])) > 0) >= 2"),
+]
+
+
+def check_fleet_panels(base, start, end):
+    """Every panel, with $instance = All and with each instance alone: no two of its series
+    render the same legend (the mark of a count not summed over instances, or of a per-instance
+    figure whose legend does not name the instance). A query ending in `or vector(0)` must have
+    a value at every step: it exists to show 0, never "No data"."""
+    rng = f"{int(end - start) + 5}s"
+    for what, expr in FLEET_COVERAGE:
+        got = prom_query(base, expr.replace("{range}", rng), end)["result"]
+        if not got:
+            fail(f"the load did not exercise the fleet: {what} ({expr})")
+        else:
+            print(f"  {what}: yes")
+    instances = prom_label_values(base, "instance", "stallscope_runtime_workers")
+    if len(instances) < 2:
+        fail(f"the $instance menu lists {instances}: the fleet checks need two instances")
+    panels = 0
+    queries = 0
+    steps = int(end - start) + 1
+    for dash, panel, variables in panel_targets():
+        panels += 1
+        where = f"{dash['title']} / panel {panel['title']!r}"
+        for choice in [None] + instances:
+            picked = dict(variables)
+            if choice is not None:
+                picked["instance"] = regex_value(choice)
+            label = "all instances" if choice is None else f"instance {choice} alone"
+            seen = {}
+            for tgt in panel["targets"]:
+                expr = substitute(tgt["expr"], picked)
+                queries += 1
+                try:
+                    series = prom_query_range(base, expr, start, end)["result"]
+                except Exception as err:
+                    fail(f"{where} ({tgt['refId']}, {label}): {err}")
+                    continue
+                legend = tgt.get("legendFormat") or ""
+                for s in series:
+                    name = rendered_legend(legend, s["metric"]) if legend else json.dumps(s["metric"], sort_keys=True)
+                    if name in seen:
+                        fail(f"{where} ({label}): two series show as {name!r}: {seen[name]} and "
+                             f"{tgt['refId']} {s['metric']}")
+                    seen[name] = f"{tgt['refId']} {s['metric']}"
+                if choice is None and re.search(r"\bor\s+vector\(0\)\s*$", tgt["expr"]):
+                    points = sum(len(s["values"]) for s in series)
+                    if points < steps:
+                        fail(f"{where} ({tgt['refId']}): {points} values over {steps} steps; "
+                             "`or vector(0)` should leave no gap")
+    print(f"  {panels} panels, {queries} range queries (all instances, and each of {len(instances)} alone): "
+          "one series per legend")
 
 
 def expressions():
@@ -627,7 +833,142 @@ def run_queries(base, start):
             if not any(label in s["metric"] for s in finite):
                 fail(f"{where}: legend uses {{{{{label}}}}}, which no series of {q} carries")
     print(f"  {count} expressions, range-queried over the last {end - start:.0f}s")
+    check_fleet_panels(base, start, end)
     done("queries")
+
+
+# Every ratio panel, by title suffix: the raw series summed for its numerator and its
+# denominator ("rate" over the rules' 1m window for counters, "gauge" as they are), and the
+# selector's kind ("task": route/variant labels, "http": http_route/variant). The check
+# recomputes each from the raw series alone, summing over instances itself.
+TASK_TIME = ["stallscope_task_first_poll_delay_seconds_total", "stallscope_task_poll_duration_seconds_total",
+             "stallscope_task_idle_seconds_total", "stallscope_task_scheduled_delay_seconds_total"]
+RATIO_PANELS = {
+    "slow-poll ratio by variant": ("rate", "task", ["stallscope_task_slow_polls_total"], ["stallscope_task_polls_total"]),
+    "mean poll time by variant": ("rate", "task", ["stallscope_task_poll_duration_seconds_total"], ["stallscope_task_polls_total"]),
+    "scheduled delay by variant": (
+        "rate", "task",
+        ["stallscope_task_scheduled_delay_seconds_total", "stallscope_task_first_poll_delay_seconds_total"],
+        ["stallscope_task_schedules_total", "stallscope_task_first_polls_total"],
+    ),
+    "error rate (5xx share) by variant": (
+        "rate", "http",
+        ['http_server_request_duration_seconds_count{http_response_status_code=~"5.."}'],
+        ["http_server_request_duration_seconds_count"],
+    ),
+    "Upstream error rate (5xx share) by client variant": (
+        "rate", "http",
+        ['http_server_request_duration_seconds_count{http_response_status_code=~"5.."}'],
+        ["http_server_request_duration_seconds_count"],
+    ),
+    "Upstream mean latency by client variant": ("rate", "task", TASK_TIME, ["stallscope_task_dropped_total"]),
+    "Pool utilisation (in use / max)": (
+        "gauge", None, ['stallscope_db_pool_connections{state="in_use"}'], ["stallscope_db_pool_max_connections"],
+    ),
+}
+# Relative tolerance. A recording rule evaluated at t can miss a scrape stamped just before t
+# that was still being written; the raw query at t, run later, sees it.
+RATIO_TOLERANCE = 0.01
+RATIO_POINTS = 12
+
+
+def with_selector(metric, sel):
+    """`name{a="b"}` + `c="d"` -> `name{a="b", c="d"}`."""
+    if metric.endswith("}"):
+        return metric[:-1] + ", " + sel + "}"
+    return metric + "{" + sel + "}"
+
+
+def raw_sums(base, metrics, kind, sel, group, at):
+    """{(instance, group values): value}: each raw series' rate (or gauge value) at `at`, per
+    instance, the metrics added up. Sums over instances are left to the caller."""
+    out = {}
+    for metric in metrics:
+        inner = f"rate({with_selector(metric, sel)}[1m])" if kind == "rate" else with_selector(metric, sel)
+        by = ", ".join(["instance"] + [g for g in group if g != "instance"])
+        for s in prom_query(base, f"sum by ({by}) ({inner})", at)["result"]:
+            key = (s["metric"].get("instance"),) + tuple(s["metric"].get(g, "") for g in group)
+            out[key] = out.get(key, 0.0) + float(s["value"][1])
+    return out
+
+
+def check_ratios(base, start):
+    """Each ratio panel's value (with $instance = All) equals sum(numerator) / sum(denominator)
+    computed here from the raw series, at up to RATIO_POINTS of its recording rules'
+    evaluation times during the load. It also reports where the instances' own ratios
+    differed, i.e. where an average of per-instance ratios would have been wrong, and fails
+    if the slow-poll panels never met such a point (the load would not test them)."""
+    end = time.time()
+    compared = 0
+    discriminating = {}
+    for dash, panel, variables in panel_targets():
+        spec = next((v for k, v in RATIO_PANELS.items() if panel["title"].endswith(k)), None)
+        if spec is None:
+            continue
+        kind, sel_kind, nums, dens = spec
+        where = f"{dash['title']} / panel {panel['title']!r}"
+        tgt = panel["targets"][0]
+        expr = substitute(tgt["expr"], variables)
+        group = [g for g in legend_labels(tgt["legendFormat"])]
+        sel = 'instance=~".+"'
+        if sel_kind:
+            # The panel's own route selector; the sums here are over every instance.
+            key = "route" if sel_kind == "task" else "http_route"
+            route = re.search(r'(?<![a-z_])' + key + r'="([^"]+)"', tgt["expr"]).group(1)
+            sel += f', {key}="{route}", variant!="invalid"'
+        # When the panel's recording rules were evaluated: the raw samples of the first rule
+        # it reads; a gauge panel reads raw series, so any time in the load will do.
+        rule = re.search(r"stallscope:[a-z0-9_:]+", expr)
+        if rule:
+            stamps = sorted({float(ts) for s in prom_query(base, f"{rule.group(0)}[{int(end - start) + 1}s]", end)["result"]
+                             for ts, _ in s["values"] if float(ts) >= start})
+        else:
+            stamps = [start + i for i in range(int(end - start))]
+        picks = [stamps[int(i * (len(stamps) - 1) / (RATIO_POINTS - 1))] for i in range(RATIO_POINTS)] if stamps else []
+        points = worst = wrong = 0
+        for at in sorted(set(picks)):
+            shown = {tuple(s["metric"].get(g, "") for g in group): float(s["value"][1])
+                     for s in prom_query(base, expr, at)["result"]}
+            num = raw_sums(base, nums, kind, sel, group, at)
+            den = raw_sums(base, dens, kind, sel, group, at)
+            for key in sorted({k[1:] for k in den}):
+                d = sum(v for k, v in den.items() if k[1:] == key)
+                n = sum(v for k, v in num.items() if k[1:] == key)
+                if d <= 0:
+                    continue
+                fleet = n / d
+                got = shown.get(key)
+                label = ", ".join(f"{g}={v}" for g, v in zip(group, key))
+                if got is None or not math.isfinite(got):
+                    fail(f"{where} ({label}) at {at:.0f}: shows {got}, the raw series give {fleet:.4g}")
+                    continue
+                err = abs(got - fleet)
+                if err > RATIO_TOLERANCE * max(abs(fleet), 1e-9) + 1e-12:
+                    fail(f"{where} ({label}) at {at:.0f}: shows {got:.6g}, sum(numerator) / sum(denominator) "
+                         f"of the raw series is {fleet:.6g}")
+                    wrong += 1
+                worst = max(worst, err / max(abs(fleet), 1e-9) if fleet else err)
+                points += 1
+                per = [num.get(k, 0.0) / v for k, v in den.items() if k[1:] == key and v > 0]
+                if len(per) >= 2:
+                    avg = sum(per) / len(per)
+                    # Ten times the tolerance: here an average would have failed the check.
+                    off = abs(avg - fleet) / max(abs(fleet), abs(avg), 1e-12)
+                    if off > 10 * RATIO_TOLERANCE and off > discriminating.get(where, (0,))[0]:
+                        discriminating[where] = (off, label, got, fleet, avg)
+        if not points:
+            fail(f"{where}: no point to compare at")
+        compared += points
+        print(f"  {where}: {points - wrong} of {points} values are the raw ratio of sums "
+              f"(largest difference {worst:.1e} relative)")
+    for where, (_, label, got, fleet, avg) in sorted(discriminating.items()):
+        print(f"  {where} ({label}): shows {got:.4g}, the ratio of sums {fleet:.4g}; an average of the "
+              f"instances' ratios would have shown {avg:.4g}")
+    if not any("slow-poll ratio" in w for w in discriminating):
+        fail("no slow-poll ratio panel met instances with different ratios: the check would not "
+             "tell a ratio of sums from an average of ratios")
+    print(f"  {compared} ratio values compared")
+    done("ratios")
 
 
 # The load in stack.sh creates each alert's situation: a /sleep/blocking burst on two workers
@@ -648,7 +989,7 @@ def check_alerts(base, start):
         seen.setdefault(key, set()).add(labels["alertstate"])
     for key, states in sorted(seen.items()):
         labels = dict(key)
-        rest = ", ".join(f"{k}={v}" for k, v in key if k not in ("alertname", "instance", "job", "severity"))
+        rest = ", ".join(f"{k}={v}" for k, v in key if k not in ("alertname", "job", "severity"))
         print(f"  {labels['alertname']} {'/'.join(sorted(states))}{' (' + rest + ')' if rest else ''}")
     names = [r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r]
     active = {dict(key)["alertname"] for key in seen}
@@ -818,8 +1159,9 @@ def run_otlp_sink(port, out, refuse_while):
     batch gets a 400 (a collector that refuses them: the service counts them as dropped,
     export_failed; 400 is not retried); other batches are decoded, written to `out` and
     acknowledged with an empty response. stack.sh keeps the file through smoke.js, so the
-    refusals span several scrapes: the dropped counter only appears at its first drop, and
-    `rate()` cannot see an increase that happened before the first scrape of a series."""
+    refusals span several scrapes and the dropped-spans rate and OtelSpansDropped have
+    something to show (the counters are exported at 0 from the start, so rate() sees the
+    first drop as long as it comes after the first scrape, which stack.sh waits for)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     import threading
 
@@ -939,6 +1281,8 @@ def main(argv):
         check_dashboards()
     elif cmd == "compose":
         check_compose()
+    elif cmd == "compose-k6":
+        check_compose_k6(argv[1], argv[2])
     elif cmd == "docker":
         copy_context(argv[1])
     elif cmd == "rust-version":
@@ -949,6 +1293,10 @@ def main(argv):
         write_prom_config(argv[1], argv[2], argv[3])
     elif cmd == "queries":
         run_queries(argv[1].rstrip("/"), float(argv[2]))
+    elif cmd == "smoke-size":
+        check_smoke_size(argv[1:])
+    elif cmd == "ratios":
+        check_ratios(argv[1].rstrip("/"), float(argv[2]))
     elif cmd == "alerts":
         check_alerts(argv[1].rstrip("/"), float(argv[2]))
     elif cmd == "runtime-libs":
