@@ -764,12 +764,17 @@ async fn queued_spans_are_flushed_on_graceful_shutdown() {
 /// `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf` posts protobuf to `{endpoint}/v1/traces`. The
 /// receiver here is a minimal OTLP/HTTP endpoint: it checks the method, path and content
 /// type, and that the body decodes as an OTLP trace request naming the request's span.
-#[tokio::test]
-async fn http_protobuf_export_posts_to_v1_traces() {
-    let _serial = SERIAL.lock().await;
-    let (bodies, mut received) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+/// An OTLP/HTTP receiver answering POSTs at `path`: its base URL, and each body received with
+/// its content type.
+async fn otlp_http_receiver(
+    path: &'static str,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    let (bodies, received) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
     let receiver = axum::Router::new().route(
-        "/v1/traces",
+        path,
         axum::routing::post(
             move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let bodies = bodies.clone();
@@ -790,6 +795,49 @@ async fn http_protobuf_export_posts_to_v1_traces() {
         .expect("bind");
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, receiver).await });
+    (endpoint, received)
+}
+
+/// The per-signal endpoint is the full URL, used as given (the OTLP exporter spec); asked for
+/// `http/json`, which it cannot send, the service says so in its log and sends protobuf to the
+/// same OTLP/HTTP endpoint rather than gRPC to an HTTP port.
+#[tokio::test]
+async fn the_per_signal_endpoint_is_used_verbatim_and_http_json_is_answered_out_loud() {
+    let _serial = SERIAL.lock().await;
+    let (base, mut received) = otlp_http_receiver("/custom/traces").await;
+    let endpoint = format!("{base}/custom/traces");
+    let mut service = ServiceProcess::start_with_env(
+        &["--workers", "1"],
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            FAST_EXPORT,
+        ],
+    )
+    .await;
+    let status = reqwest::get(format!("{}/sleep/async?ms=1", service.base_url))
+        .await
+        .expect("answer")
+        .status();
+    assert_eq!(status, 200);
+    let (content_type, body) = tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await
+        .expect("an export to /custom/traces within 10 s")
+        .expect("receiver open");
+    assert_eq!(content_type, "application/x-protobuf");
+    assert!(!body.is_empty());
+    let logs: Vec<String> = service.drain_logs().into_iter().map(|(_, l)| l).collect();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("WARN") && l.contains("http/json is not supported")),
+        "{logs:#?}"
+    );
+}
+
+#[tokio::test]
+async fn http_protobuf_export_posts_to_v1_traces() {
+    let _serial = SERIAL.lock().await;
+    let (endpoint, mut received) = otlp_http_receiver("/v1/traces").await;
     let service = ServiceProcess::start_with_env(
         &["--workers", "1"],
         &[

@@ -170,6 +170,9 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
     }
     // The exporting task starts now, where tokio-console's layer sees it.
     drop(export_gate);
+    for warning in otlp.iter().flat_map(|settings| &settings.warnings) {
+        tracing::warn!("{warning}");
+    }
     match (&otlp, export_error) {
         (Some(settings), None) => tracing::info!(
             endpoint = %settings.endpoint,

@@ -31,6 +31,12 @@ use super::metric_names::{OTEL_SPANS_DROPPED, OTEL_SPANS_EXPORTED};
 #[derive(Debug, Clone)]
 pub struct OtlpSettings {
     pub endpoint: String,
+    /// The endpoint came from `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: OTLP/HTTP uses it as
+    /// given, where the base `OTEL_EXPORTER_OTLP_ENDPOINT` gets `/v1/traces` appended.
+    pub per_signal: bool,
+    /// What the environment asked for that could not be done as asked, said once logging
+    /// is up (a warning now would go nowhere).
+    pub warnings: Vec<String>,
     pub protocol: Protocol,
     pub max_queue_size: usize,
     pub schedule_delay: Duration,
@@ -41,19 +47,29 @@ impl OtlpSettings {
     /// `None` when no endpoint is configured: export is off.
     pub fn from_env() -> Option<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        let per_signal = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        let endpoint = per_signal
+            .clone()
             .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))?;
+        let mut warnings = Vec::new();
         let protocol = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
             .as_deref()
         {
             Some("http/protobuf") => Protocol::HttpBinary,
             Some("grpc") | None => Protocol::Grpc,
-            Some(other) => {
-                tracing::warn!(
-                    protocol = other,
-                    "unsupported OTEL_EXPORTER_OTLP_PROTOCOL; using grpc"
+            // An OTLP/HTTP receiver takes protobuf on the same path: closer to what was asked
+            // than gRPC against an HTTP port.
+            Some("http/json") => {
+                warnings.push(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported; sending http/protobuf to the same endpoint (OTLP/HTTP receivers accept both)".to_owned(),
                 );
+                Protocol::HttpBinary
+            }
+            Some(other) => {
+                warnings.push(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not an OTLP protocol (grpc, http/protobuf); using grpc"
+                ));
                 Protocol::Grpc
             }
         };
@@ -64,6 +80,8 @@ impl OtlpSettings {
         };
         Some(Self {
             endpoint,
+            per_signal: per_signal.is_some(),
+            warnings,
             protocol,
             max_queue_size: usize::try_from(number("OTEL_BSP_MAX_QUEUE_SIZE", 2048))
                 .unwrap_or(2048)
@@ -151,7 +169,9 @@ impl QueueingProcessor {
 fn build_exporter(settings: &OtlpSettings) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
     let exporter = match settings.protocol {
         Protocol::HttpBinary => {
-            let endpoint = if settings.endpoint.ends_with("/v1/traces") {
+            // As the OTLP exporter spec says: the per-signal variable is the full URL, the
+            // base one gets the signal's path.
+            let endpoint = if settings.per_signal {
                 settings.endpoint.clone()
             } else {
                 format!("{}/v1/traces", settings.endpoint.trim_end_matches('/'))
