@@ -84,7 +84,12 @@ async fn serve(
     state.telemetry.start()?;
     let app = crate::app(state);
     let drained =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        // With the peer's address in each request (`client.address` on its span).
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let grace_over = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;

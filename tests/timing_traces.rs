@@ -79,7 +79,13 @@ async fn upstream_call_is_one_trace_across_client_and_upstream() {
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), FAST_EXPORT],
     )
     .await;
-    let response = reqwest::get(format!("{}/upstream/async?ms=20", service.base_url))
+    let http = reqwest::Client::builder()
+        .user_agent("stallscope-test/1.0")
+        .build()
+        .expect("client");
+    let response = http
+        .get(format!("{}/upstream/async?ms=20", service.base_url))
+        .send()
         .await
         .expect("answer");
     assert_eq!(response.status(), 200);
@@ -163,6 +169,58 @@ async fn upstream_call_is_one_trace_across_client_and_upstream() {
         !server.attributes.contains_key("error.type"),
         "a 200 is no error"
     );
+    // The HTTP server conventions' request attributes.
+    let port = service.base_url.rsplit(':').next().expect("a port");
+    for (key, value) in [
+        ("url.query", "StringValue(\"ms=20\")".to_owned()),
+        ("server.address", "StringValue(\"127.0.0.1\")".to_owned()),
+        ("server.port", format!("IntValue({port})")),
+        ("client.address", "StringValue(\"127.0.0.1\")".to_owned()),
+        (
+            "user_agent.original",
+            "StringValue(\"stallscope-test/1.0\")".to_owned(),
+        ),
+    ] {
+        assert!(
+            attribute(server, key).contains(&value),
+            "{key} should be {value}: {:?}",
+            server.attributes
+        );
+    }
+    for span in [server, client, upstream] {
+        assert!(
+            !span.attributes.contains_key("target"),
+            "{}: `target` is no OpenTelemetry attribute: {:?}",
+            span.name,
+            span.attributes
+        );
+    }
+
+    // A path no route matches has no `http.route` at all (not a made-up value).
+    let missing = reqwest::get(format!("{}/no-such-lesson", service.base_url))
+        .await
+        .expect("answer");
+    assert_eq!(missing.status(), 404);
+    let is_missing = |s: &ExportedSpan| {
+        s.kind == "SPAN_KIND_SERVER" && attribute_is(s, "url.path", "/no-such-lesson")
+    };
+    let spans = collect_until(&mut collector, |s| s.iter().any(is_missing)).await;
+    let unmatched = spans
+        .iter()
+        .find(|s| is_missing(s))
+        .expect("the unmatched request's span");
+    assert_eq!(unmatched.name, "GET");
+    assert!(
+        !unmatched.attributes.contains_key("http.route"),
+        "{:?}",
+        unmatched.attributes
+    );
+}
+
+fn attribute_is(span: &ExportedSpan, key: &str, value: &str) -> bool {
+    span.attributes
+        .get(key)
+        .is_some_and(|v| v.contains(&format!("\"{value}\"")))
 }
 
 /// Failures are marked the way the semantic conventions say: a 5xx server span has ERROR
@@ -600,8 +658,8 @@ async fn json_logs_carry_the_exported_trace_id() {
     assert_eq!(warning["trace_id"], stalled.trace_id.as_str(), "{warning}");
 }
 
-/// The users API as traces and logs see it: each query has a client span with `db.system`
-/// and `db.operation` inside the request's trace, and no password or hash appears anywhere
+/// The users API as traces and logs see it: each query has a client span with `db.system.name`
+/// and `db.operation.name` inside the request's trace, and no password or hash appears anywhere
 /// in exported spans or in the logs, even at `debug`.
 #[tokio::test]
 async fn database_spans_and_no_secrets_in_traces_or_logs() {
@@ -689,7 +747,7 @@ async fn database_spans_and_no_secrets_in_traces_or_logs() {
         .iter()
         .find(|s| {
             s.attributes
-                .get("db.operation")
+                .get("db.operation.name")
                 .is_some_and(|v| v.contains("user_insert"))
         })
         .unwrap_or_else(|| panic!("no insert span in {:#?}", names(&spans)));
@@ -698,7 +756,14 @@ async fn database_spans_and_no_secrets_in_traces_or_logs() {
         "the query belongs to the request's trace"
     );
     assert_eq!(insert.kind, "SPAN_KIND_CLIENT");
-    assert!(attribute(insert, "db.system").contains("sqlite"));
+    assert!(attribute(insert, "db.system.name").contains("sqlite"));
+    for deprecated in ["db.system", "db.operation"] {
+        assert!(
+            !insert.attributes.contains_key(deprecated),
+            "{deprecated}: {:?}",
+            insert.attributes
+        );
+    }
 
     let exported = format!("{spans:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -19,7 +19,7 @@ impl Backend {
         }
     }
 
-    /// The OpenTelemetry `db.system` value.
+    /// The OpenTelemetry `db.system.name` value.
     pub fn db_system(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",

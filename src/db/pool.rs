@@ -65,15 +65,16 @@ fn record_acquire_wait(backend: Backend, kind: PoolKind, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
-/// The client span of one query, following the OpenTelemetry database conventions. Only the
-/// operation name is recorded, never the statement's parameters (they can hold passwords).
+/// The client span of one query, following the OpenTelemetry database conventions (the
+/// stable names of v1.33: `db.system.name`, `db.operation.name`). Only the operation name is
+/// recorded, never the statement's parameters (they can hold passwords).
 pub fn query_span(backend: Backend, operation: &'static str) -> tracing::Span {
     tracing::info_span!(
         "db query",
         otel.name = %format!("{operation} {}", backend.db_system()),
         otel.kind = "client",
-        db.system = backend.db_system(),
-        db.operation = operation,
+        db.system.name = backend.db_system(),
+        db.operation.name = operation,
     )
 }
 

@@ -151,6 +151,8 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
                 .with_tracked_inactivity(false)
                 .with_threads(false)
                 .with_location(false)
+                // `target` (the Rust module) is no OpenTelemetry attribute; nothing reads it.
+                .with_target(false)
                 .with_context_activation(false)
                 .with_filter(trace_filter)
                 .boxed(),

@@ -28,7 +28,9 @@ use super::http_metrics::{RouteInstruments, RouteKey};
 use super::id_header;
 use super::metric_names::STALL_VICTIMS;
 use super::poll_stats::{Measured, PollStats};
-use super::request_context::{self, InRequest, InlineText, MAX_REQUEST_ID, RequestContext};
+use super::request_context::{
+    self, InRequest, InlineText, MAX_PATH, MAX_REQUEST_ID, RequestContext,
+};
 use super::stall_log::Exposure;
 use super::trace_context::{self, SpanIds};
 use super::watchdog::{StallCallback, StallReport};
@@ -273,11 +275,16 @@ pub fn begin_request(
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         http.request.method = method,
-        http.route = route,
+        http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
         url.path = path.as_str(),
+        url.query = tracing::field::Empty,
         url.scheme = "http",
+        server.address = tracing::field::Empty,
+        server.port = tracing::field::Empty,
+        client.address = tracing::field::Empty,
+        user_agent.original = tracing::field::Empty,
         network.protocol.version = protocol_version(request.version()),
         stallscope.variant = variant,
         stallscope.request_id = request_id.to_str().unwrap_or(""),
@@ -289,6 +296,9 @@ pub fn begin_request(
         stallscope.stall.culprit_trace_id = tracing::field::Empty,
     );
     let span = (!span.is_disabled()).then_some(span);
+    if let Some(span) = &span {
+        record_request_attributes(span, request, route);
+    }
     let parent = has_traceparent.then(|| trace_context::extract(request.headers()));
     if let (Some(span), Some(parent)) = (&span, &parent) {
         let _ = span.set_parent(parent.clone());
@@ -317,6 +327,52 @@ pub fn begin_request(
         context,
         span,
         request_id,
+    }
+}
+
+/// The HTTP server span attributes of the semantic conventions that a request may or may not
+/// have: `http.route` (absent when no route matched), `url.query`, `server.address` and
+/// `server.port` (from `Host`), `client.address` (the peer) and `user_agent.original`. Only an
+/// exported span pays for them. Client-supplied text is cut to [`MAX_PATH`] bytes.
+fn record_request_attributes(span: &Span, request: &Request, route: &'static str) {
+    use axum::extract::ConnectInfo;
+    use axum::http::header::{HOST, USER_AGENT};
+    if route != UNMATCHED_ROUTE {
+        span.record("http.route", route);
+    }
+    if let Some(query) = request.uri().query() {
+        span.record(
+            "url.query",
+            InlineText::<MAX_PATH>::truncated(query).as_str(),
+        );
+    }
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|host| host.to_str().ok())
+        .and_then(|host| host.parse::<axum::http::uri::Authority>().ok())
+        .or_else(|| request.uri().authority().cloned());
+    if let Some(authority) = host {
+        span.record("server.address", authority.host());
+        if let Some(port) = authority.port_u16() {
+            span.record("server.port", i64::from(port));
+        }
+    }
+    if let Some(ConnectInfo(peer)) = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+    {
+        span.record("client.address", peer.ip().to_string().as_str());
+    }
+    if let Some(agent) = request
+        .headers()
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        span.record(
+            "user_agent.original",
+            InlineText::<MAX_PATH>::truncated(agent).as_str(),
+        );
     }
 }
 
