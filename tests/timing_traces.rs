@@ -545,7 +545,7 @@ async fn the_callers_sampling_decision_and_tracestate_travel_downstream() {
 async fn dead_collector_costs_requests_nothing_and_drops_are_counted() {
     let _serial = SERIAL.lock().await;
     let closed = format!("http://127.0.0.1:{}", common::free_port());
-    let service = ServiceProcess::start_with_env(
+    let mut service = ServiceProcess::start_with_env(
         &["--workers", "2"],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &closed), FAST_EXPORT],
     )
@@ -588,6 +588,36 @@ async fn dead_collector_costs_requests_nothing_and_drops_are_counted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(dropped >= 30.0, "dropped spans counted: {dropped}");
+
+    // Said out loud, but not once per batch: one WARN at the first loss, then at most one
+    // every 10 s, with the count lost since the last.
+    let drops = |service: &mut ServiceProcess| -> Vec<String> {
+        service
+            .drain_logs()
+            .into_iter()
+            .map(|(_, l)| l)
+            .filter(|l| l.contains("WARN") && l.contains("spans are being dropped"))
+            .collect()
+    };
+    let first = drops(&mut service);
+    assert_eq!(
+        first.len(),
+        1,
+        "one warning for the first losses: {first:#?}"
+    );
+    assert!(first[0].contains("since start-up") && first[0].contains("export_failed="));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut later = Vec::new();
+    while later.is_empty() && Instant::now() < deadline {
+        let _ = client
+            .get(format!("{}/sleep/async?ms=1", service.base_url))
+            .send()
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        later = drops(&mut service);
+    }
+    assert_eq!(later.len(), 1, "the next warning, 10 s on: {later:#?}");
+    assert!(later[0].contains("since the last warning"), "{}", later[0]);
 }
 
 #[tokio::test]

@@ -100,6 +100,70 @@ const DROPPED_QUEUE_FULL: &str = "queue_full";
 const DROPPED_EXPORT_FAILED: &str = "export_failed";
 const DROPPED_SHUT_DOWN: &str = "shut_down";
 
+/// Says out loud that spans are being lost, without flooding the log: the first loss at once,
+/// then at most one WARN per [`LOSS_WARN_EVERY`] with how many were lost since, by reason
+/// (the counter `stallscope_otel_spans_dropped_total` has the exact totals).
+struct LossReporter {
+    state: Mutex<LossState>,
+}
+
+#[derive(Default)]
+struct LossState {
+    last_warned: Option<Instant>,
+    /// Lost since the last warning, per entry of [`DROP_REASONS`].
+    unreported: [u64; 3],
+    last_error: Option<String>,
+}
+
+const LOSS_WARN_EVERY: Duration = Duration::from_secs(10);
+
+static LOSSES: LossReporter = LossReporter {
+    state: Mutex::new(LossState {
+        last_warned: None,
+        unreported: [0; 3],
+        last_error: None,
+    }),
+};
+
+impl LossReporter {
+    fn lost(&self, reason: &'static str, count: u64, error: Option<String>) {
+        metrics::counter!(OTEL_SPANS_DROPPED, "reason" => reason).increment(count);
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if let Some(slot) = DROP_REASONS.iter().position(|r| *r == reason) {
+            state.unreported[slot] += count;
+        }
+        if error.is_some() {
+            state.last_error = error;
+        }
+        let first = state.last_warned.is_none();
+        if state
+            .last_warned
+            .is_some_and(|t| t.elapsed() < LOSS_WARN_EVERY)
+        {
+            return;
+        }
+        state.last_warned = Some(Instant::now());
+        let [queue_full, export_failed, shut_down] = std::mem::take(&mut state.unreported);
+        let error = state.last_error.take().unwrap_or_default();
+        drop(state);
+        tracing::warn!(
+            queue_full,
+            export_failed,
+            shut_down,
+            error,
+            "spans are being dropped ({} since {}): the trace backend will miss them",
+            queue_full + export_failed + shut_down,
+            if first {
+                "start-up"
+            } else {
+                "the last warning"
+            }
+        );
+    }
+}
+
 enum Message {
     Span(Box<SpanData>),
     /// The provider's resource (`service.name`, `OTEL_RESOURCE_ATTRIBUTES`, …): the exporter
@@ -233,11 +297,7 @@ async fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<Spa
     let count = spans.len() as u64;
     match exporter.export(spans).await {
         Ok(()) => metrics::counter!(OTEL_SPANS_EXPORTED).increment(count),
-        Err(err) => {
-            metrics::counter!(OTEL_SPANS_DROPPED, "reason" => DROPPED_EXPORT_FAILED)
-                .increment(count);
-            tracing::debug!(%err, spans = count, "span export failed");
-        }
+        Err(err) => LOSSES.lost(DROPPED_EXPORT_FAILED, count, Some(err.to_string())),
     }
 }
 
@@ -249,17 +309,13 @@ impl SpanProcessor for QueueingProcessor {
             return;
         }
         let Some(queue) = self.sender() else {
-            metrics::counter!(OTEL_SPANS_DROPPED, "reason" => DROPPED_SHUT_DOWN).increment(1);
+            LOSSES.lost(DROPPED_SHUT_DOWN, 1, None);
             return;
         };
         match queue.try_send(Message::Span(Box::new(span))) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!(OTEL_SPANS_DROPPED, "reason" => DROPPED_QUEUE_FULL).increment(1);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                metrics::counter!(OTEL_SPANS_DROPPED, "reason" => DROPPED_SHUT_DOWN).increment(1);
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => LOSSES.lost(DROPPED_QUEUE_FULL, 1, None),
+            Err(mpsc::error::TrySendError::Closed(_)) => LOSSES.lost(DROPPED_SHUT_DOWN, 1, None),
         }
     }
 
