@@ -26,6 +26,10 @@ fn main() -> std::process::ExitCode {
             Some(Command::Experiment(_)) => "error",
             _ => "info",
         },
+        // `serve` starts the slow upstream in-process unless it is given one.
+        upstream_thread: serve
+            .filter(|args| args.upstream.upstream_url.is_none())
+            .map(|_| stallscope::upstream::THREAD_NAME),
     });
     let result = match (&cli.command, serve) {
         (_, Some(args)) => stallscope::server::run_foreground(args),

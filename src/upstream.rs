@@ -37,7 +37,10 @@ async fn slow(RawQuery(query): RawQuery) -> Result<Json<Value>, AppError> {
     Ok(Json(json!({ "slept_ms": ms })))
 }
 
+/// The name of the thread the upstream serves on: its spans are told apart by it.
+pub const THREAD_NAME: &str = "slow-upstream";
+
 /// Starts the slow upstream on its own thread and runtime (see [`BackgroundServer`]).
 pub fn start_in_background(bind: SocketAddr) -> std::io::Result<BackgroundServer> {
-    BackgroundServer::start("slow-upstream", bind, router())
+    BackgroundServer::start(THREAD_NAME, bind, router())
 }

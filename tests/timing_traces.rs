@@ -944,13 +944,19 @@ async fn http_protobuf_export_posts_to_v1_traces() {
         ],
     )
     .await;
-    let status = reqwest::get(format!("{}/sleep/async?ms=1", service.base_url))
+    let status = reqwest::get(format!("{}/upstream/async?ms=1", service.base_url))
         .await
         .expect("answer")
         .status();
     assert_eq!(status, 200);
+    // The resource travels with every batch: without `service.name` a trace UI cannot tell
+    // which service sent the spans. The in-process upstream's spans leave as a service of
+    // their own, as a standalone upstream's would.
+    let mut service_of = std::collections::BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    while !(service_of.contains_key("GET /upstream/{variant}")
+        && service_of.contains_key("GET /slow"))
+    {
         let (content_type, body) = tokio::time::timeout_at(deadline.into(), received.recv())
             .await
             .expect("an OTLP/HTTP export within 10 s")
@@ -962,44 +968,37 @@ async fn http_protobuf_export_posts_to_v1_traces() {
                 body.as_slice(),
             )
             .expect("an OTLP ExportTraceServiceRequest");
-        let names: Vec<String> = request
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .flat_map(|s| &s.spans)
-            .map(|s| s.name.clone())
-            .collect();
-        if names.iter().any(|n| n == "GET /sleep/{variant}") {
-            // The resource travels with every batch: without `service.name` a trace UI
-            // cannot tell which service sent the spans.
-            let service_names: Vec<String> = request
-                .resource_spans
-                .iter()
-                .filter_map(|r| r.resource.as_ref())
-                .flat_map(|r| &r.attributes)
-                .filter(|a| a.key == "service.name")
-                .filter_map(|a| a.value.as_ref()?.value.as_ref())
-                .map(|v| format!("{v:?}"))
-                .collect();
+        for resource_spans in &request.resource_spans {
+            let attributes = resource_spans
+                .resource
+                .as_ref()
+                .map(|r| r.attributes.as_slice())
+                .unwrap_or_default();
+            let value = |key: &str| {
+                attributes
+                    .iter()
+                    .find(|a| a.key == key)
+                    .and_then(|a| a.value.as_ref()?.value.as_ref())
+                    .map(|v| format!("{v:?}"))
+            };
+            let service = value("service.name").expect("every batch names its service");
             assert!(
-                !service_names.is_empty()
-                    && service_names.iter().all(|n| n.contains("stallscope-test")),
-                "every batch names the service: {service_names:?}"
+                value("deployment.environment.name").is_some(),
+                "OTEL_RESOURCE_ATTRIBUTES reach the collector: {attributes:?}"
             );
-            let custom: Vec<&str> = request
-                .resource_spans
-                .iter()
-                .filter_map(|r| r.resource.as_ref())
-                .flat_map(|r| &r.attributes)
-                .map(|a| a.key.as_str())
-                .collect();
-            assert!(
-                custom.contains(&"deployment.environment.name"),
-                "OTEL_RESOURCE_ATTRIBUTES reach the collector: {custom:?}"
-            );
-            return;
+            for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
+                service_of.insert(span.name.clone(), service.clone());
+            }
         }
     }
+    assert!(
+        service_of["GET /upstream/{variant}"].contains("\"stallscope-test\""),
+        "{service_of:?}"
+    );
+    assert!(
+        service_of["GET /slow"].contains("\"stallscope-test-upstream\""),
+        "{service_of:?}"
+    );
 }
 
 /// Without an exporter spans are not recorded, but they keep their ids: every response still

@@ -50,6 +50,10 @@ pub struct TracingOptions {
     pub console: bool,
     /// Log filter when `RUST_LOG` is unset.
     pub default_log_filter: &'static str,
+    /// The thread an in-process upstream serves on, if one runs: spans that end there are
+    /// exported as a service of their own (`{service.name}-upstream`), as a standalone
+    /// upstream's are.
+    pub upstream_thread: Option<&'static str>,
 }
 
 /// Where tokio-console's server would listen: `TOKIO_CONSOLE_BIND` or console-subscriber's
@@ -103,7 +107,7 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
     let mut export_error = None;
     let mut export_gate = None;
     if let Some(settings) = &otlp {
-        match QueueingProcessor::start(settings) {
+        match QueueingProcessor::start(settings, options.upstream_thread) {
             Ok((processor, gate)) => {
                 provider = provider.with_span_processor(processor);
                 export_gate = Some(gate);

@@ -164,8 +164,15 @@ impl LossReporter {
     }
 }
 
+/// Which service a span is exported as: the service itself, or its in-process upstream.
+#[derive(Debug, Clone, Copy)]
+enum Service {
+    Main = 0,
+    Upstream = 1,
+}
+
 enum Message {
-    Span(Box<SpanData>),
+    Span(Box<SpanData>, Service),
     /// The provider's resource (`service.name`, `OTEL_RESOURCE_ATTRIBUTES`, …): the exporter
     /// attaches it to every batch, which is how a trace UI knows which service sent a span.
     Resource(Box<Resource>),
@@ -179,6 +186,9 @@ pub struct QueueingProcessor {
     /// `None` once shut down. `try_send` on a Tokio channel needs no runtime, so `on_end`
     /// works from any thread and never waits.
     queue: Mutex<Option<mpsc::Sender<Message>>>,
+    /// The thread an in-process upstream serves on: spans that end there leave as the
+    /// upstream's (`{service.name}-upstream`), like a standalone upstream's.
+    upstream_thread: Option<&'static str>,
     exporter_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -189,7 +199,10 @@ pub struct ExportGate(#[allow(dead_code)] std::sync::mpsc::SyncSender<()>);
 impl QueueingProcessor {
     /// Builds the OTLP exporter for `settings` and starts the exporter thread, which spawns
     /// its exporting task once the returned gate is dropped.
-    pub fn start(settings: &OtlpSettings) -> anyhow::Result<(Self, ExportGate)> {
+    pub fn start(
+        settings: &OtlpSettings,
+        upstream_thread: Option<&'static str>,
+    ) -> anyhow::Result<(Self, ExportGate)> {
         let (gate, gate_opened) = std::sync::mpsc::sync_channel::<()>(0);
         let (queue, receiver) = mpsc::channel(settings.max_queue_size);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -219,6 +232,7 @@ impl QueueingProcessor {
         Ok((
             Self {
                 queue: Mutex::new(Some(queue)),
+                upstream_thread,
                 exporter_thread: Mutex::new(Some(thread)),
             },
             ExportGate(gate),
@@ -260,28 +274,37 @@ async fn export_loop(
     delay: Duration,
     max_batch: usize,
 ) {
-    let mut batch: Vec<SpanData> = Vec::with_capacity(max_batch);
+    // One batch and one resource per service: a batch goes out under its own resource.
+    let mut batches: [Vec<SpanData>; 2] = [Vec::new(), Vec::new()];
+    let mut resources: [Resource; 2] = [
+        Resource::builder_empty().build(),
+        Resource::builder_empty().build(),
+    ];
     let mut deadline = tokio::time::Instant::now() + delay;
     loop {
         match tokio::time::timeout_at(deadline, receiver.recv()).await {
-            Ok(Some(Message::Span(span))) => {
+            Ok(Some(Message::Span(span, service))) => {
+                let batch = &mut batches[service as usize];
                 batch.push(*span);
                 if batch.len() >= max_batch {
-                    export(&exporter, &mut batch).await;
+                    export(&mut exporter, &resources[service as usize], batch).await;
                     deadline = tokio::time::Instant::now() + delay;
                 }
             }
-            Ok(Some(Message::Resource(resource))) => exporter.set_resource(&resource),
+            Ok(Some(Message::Resource(resource))) => {
+                let upstream = upstream_resource(&resource);
+                resources = [*resource, upstream];
+            }
             Ok(Some(Message::Flush(done))) => {
-                export(&exporter, &mut batch).await;
+                export_all(&mut exporter, &resources, &mut batches).await;
                 let _ = done.send(());
             }
             Err(_elapsed) => {
-                export(&exporter, &mut batch).await;
+                export_all(&mut exporter, &resources, &mut batches).await;
                 deadline = tokio::time::Instant::now() + delay;
             }
             Ok(None) => {
-                export(&exporter, &mut batch).await;
+                export_all(&mut exporter, &resources, &mut batches).await;
                 let _ = exporter.shutdown();
                 return;
             }
@@ -289,10 +312,41 @@ async fn export_loop(
     }
 }
 
-async fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<SpanData>) {
+/// The service's resource under the upstream's name: `{service.name}-upstream`, the other
+/// attributes (`OTEL_RESOURCE_ATTRIBUTES`) as they are.
+fn upstream_resource(service: &Resource) -> Resource {
+    let name = service
+        .get(&opentelemetry::Key::new("service.name"))
+        .map_or_else(|| "unknown_service".to_owned(), |v| v.to_string());
+    let attributes = service
+        .iter()
+        .filter(|(key, _)| key.as_str() != "service.name")
+        .map(|(key, value)| opentelemetry::KeyValue::new(key.clone(), value.clone()));
+    Resource::builder_empty()
+        .with_attributes(attributes)
+        .with_service_name(format!("{name}-upstream"))
+        .build()
+}
+
+async fn export_all(
+    exporter: &mut opentelemetry_otlp::SpanExporter,
+    resources: &[Resource; 2],
+    batches: &mut [Vec<SpanData>; 2],
+) {
+    for (resource, batch) in resources.iter().zip(batches.iter_mut()) {
+        export(exporter, resource, batch).await;
+    }
+}
+
+async fn export(
+    exporter: &mut opentelemetry_otlp::SpanExporter,
+    resource: &Resource,
+    batch: &mut Vec<SpanData>,
+) {
     if batch.is_empty() {
         return;
     }
+    exporter.set_resource(resource);
     let spans = std::mem::take(batch);
     let count = spans.len() as u64;
     match exporter.export(spans).await {
@@ -312,7 +366,11 @@ impl SpanProcessor for QueueingProcessor {
             LOSSES.lost(DROPPED_SHUT_DOWN, 1, None);
             return;
         };
-        match queue.try_send(Message::Span(Box::new(span))) {
+        let service = match self.upstream_thread {
+            Some(name) if std::thread::current().name() == Some(name) => Service::Upstream,
+            _ => Service::Main,
+        };
+        match queue.try_send(Message::Span(Box::new(span), service)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => LOSSES.lost(DROPPED_QUEUE_FULL, 1, None),
             Err(mpsc::error::TrySendError::Closed(_)) => LOSSES.lost(DROPPED_SHUT_DOWN, 1, None),
