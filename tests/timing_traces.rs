@@ -296,7 +296,7 @@ async fn blocking_poll_shows_in_the_span_with_a_stall_event() {
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), FAST_EXPORT],
     )
     .await;
-    for variant in ["async", "blocking"] {
+    for variant in ["async", "blocking", "block-in-place"] {
         let status = reqwest::get(format!("{}/sleep/{variant}?ms=300", service.base_url))
             .await
             .expect("answer")
@@ -304,7 +304,7 @@ async fn blocking_poll_shows_in_the_span_with_a_stall_event() {
         assert_eq!(status, 200);
     }
     let spans = collect_until(&mut collector, |s| {
-        has_variant(s, "blocking") && has_variant(s, "async")
+        has_variant(s, "blocking") && has_variant(s, "async") && has_variant(s, "block-in-place")
     })
     .await;
     let by_variant = |variant: &str| {
@@ -342,6 +342,22 @@ async fn blocking_poll_shows_in_the_span_with_a_stall_event() {
         healthy.attributes
     );
     assert!(healthy.events.iter().all(|e| e.name != "executor.stall"));
+
+    // block_in_place holds its task 300 ms but hands its worker off first: not a long poll
+    // of the worker (the query `stallscope.poll.longest_ms > 100` must not find it), but
+    // time handed off.
+    let handed_off = by_variant("block-in-place");
+    assert!(
+        number(handed_off, "stallscope.poll.longest_ms") < 50.0,
+        "{:#?}",
+        handed_off.attributes
+    );
+    assert!(
+        number(handed_off, "stallscope.poll.handed_off_ms") >= 250.0,
+        "{:#?}",
+        handed_off.attributes
+    );
+    assert!(number(blocking, "stallscope.poll.handed_off_ms") < 1.0);
 }
 
 /// A victim names its culprit: an async sleep in flight while a blocking one holds the only

@@ -1,8 +1,9 @@
 //! Per-request poll statistics: how often a request's future was polled, its longest single
-//! poll, its total busy time, and how long it waited in a run queue after being woken.
+//! poll that held a worker, its total busy time, the time spent in polls that handed their
+//! worker off (`block_in_place`), and how long it waited in a run queue after being woken.
 //!
 //! They end up as attributes on the request's server span, so a trace UI can answer
-//! "which requests had a poll longer than 100 ms?" (`stallscope.poll.longest_ms > 100`).
+//! "which requests held a worker for more than 100 ms?" (`stallscope.poll.longest_ms > 100`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,8 +17,12 @@ use futures::task::AtomicWaker;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PollStats {
     pub polls: u64,
+    /// The longest poll that held its worker throughout.
     pub longest: Duration,
     pub busy: Duration,
+    /// Time in polls whose thread gave its worker to another thread (`block_in_place`): long,
+    /// but the executor kept running.
+    pub handed_off: Duration,
     /// Time between a wake-up and the poll it caused, summed.
     pub scheduled_wait: Duration,
 }
@@ -71,12 +76,36 @@ impl<F: Future> Future for Measured<F> {
         let stats = this.stats;
         stats.polls += 1;
         stats.busy += took;
-        stats.longest = stats.longest.max(took);
+        if took >= HANDOFF_CHECK_AFTER && !holds_a_worker() {
+            stats.handed_off += took;
+        } else {
+            stats.longest = stats.longest.max(took);
+        }
         if woken != 0 {
             stats.scheduled_wait +=
                 Duration::from_nanos(nanos_since_epoch(started).saturating_sub(woken));
         }
         result.map(|output| (output, *stats))
+    }
+}
+
+/// Polls shorter than this are not asked whether they handed their worker off: a healthy
+/// poll takes microseconds, and the question costs a look at every worker.
+const HANDOFF_CHECK_AFTER: Duration = Duration::from_millis(1);
+
+/// Whether this thread holds one of its runtime's workers now. After `block_in_place` it does
+/// not until its poll returns: the worker went on on another thread.
+fn holds_a_worker() -> bool {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return true;
+    };
+    let metrics = runtime.metrics();
+    let this = std::thread::current().id();
+    match runtime.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => {
+            (0..metrics.num_workers()).any(|w| metrics.worker_thread_id(w) == Some(this))
+        }
+        _ => true,
     }
 }
 
@@ -125,5 +154,17 @@ mod tests {
         assert!(stats.longest >= Duration::from_millis(30), "{stats:?}");
         assert!(stats.longest < Duration::from_millis(200), "{stats:?}");
         assert!(stats.busy >= stats.longest);
+        assert_eq!(stats.handed_off, Duration::ZERO, "{stats:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_poll_that_handed_its_worker_off_is_not_the_longest() {
+        let work = async {
+            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(40)));
+            tokio::task::yield_now().await;
+        };
+        let ((), stats) = Measured::new(work, true).await;
+        assert!(stats.handed_off >= Duration::from_millis(40), "{stats:?}");
+        assert!(stats.longest < Duration::from_millis(20), "{stats:?}");
     }
 }

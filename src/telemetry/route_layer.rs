@@ -292,6 +292,7 @@ pub fn begin_request(
         stallscope.poll.longest_ms = tracing::field::Empty,
         stallscope.poll.busy_ms = tracing::field::Empty,
         stallscope.poll.scheduled_wait_ms = tracing::field::Empty,
+        stallscope.poll.handed_off_ms = tracing::field::Empty,
         stallscope.stall.overlap_ms = tracing::field::Empty,
         stallscope.stall.culprit_trace_id = tracing::field::Empty,
     );
@@ -494,6 +495,7 @@ fn record_outcome(span: &Span, ids: SpanIds, status: StatusCode, stats: &PollSta
     );
     span.record("stallscope.poll.longest_ms", ms(stats.longest));
     span.record("stallscope.poll.busy_ms", ms(stats.busy));
+    span.record("stallscope.poll.handed_off_ms", ms(stats.handed_off));
     span.record(
         "stallscope.poll.scheduled_wait_ms",
         ms(stats.scheduled_wait),
