@@ -534,18 +534,17 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        use tracing_log::NormalizeEvent;
         let mut line = Map::new();
         let mut timestamp = String::new();
         SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
         line.insert("timestamp".into(), Value::String(timestamp));
-        line.insert(
-            "level".into(),
-            Value::String(event.metadata().level().to_string()),
-        );
-        line.insert(
-            "target".into(),
-            Value::String(event.metadata().target().into()),
-        );
+        // A line from a library logging through the `log` crate arrives with target `log` and
+        // its real target among `log.*` fields: report it as it was written.
+        let normalized = event.normalized_metadata();
+        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        line.insert("level".into(), Value::String(metadata.level().to_string()));
+        line.insert("target".into(), Value::String(metadata.target().into()));
         let mut fields = JsonFields(BTreeMap::new());
         event.record(&mut fields);
         for (key, value) in fields.0 {
@@ -574,26 +573,34 @@ where
 
 struct JsonFields(BTreeMap<String, Value>);
 
+impl JsonFields {
+    /// Keeps `value` unless the field is a `log` record's metadata (`log.target`, …), which
+    /// the line's own `target` already says.
+    fn keep(&mut self, field: &Field, value: impl FnOnce() -> Value) {
+        if !field.name().starts_with("log.") {
+            self.0.insert(field.name().into(), value());
+        }
+    }
+}
+
 impl Visit for JsonFields {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().into(), serde_json::json!(value));
+        self.keep(field, || serde_json::json!(value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), serde_json::json!(value));
+        self.keep(field, || serde_json::json!(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), serde_json::json!(value));
+        self.keep(field, || serde_json::json!(value));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), Value::Bool(value));
+        self.keep(field, || Value::Bool(value));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0
-            .insert(field.name().into(), Value::String(value.into()));
+        self.keep(field, || Value::String(value.into()));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().into(), Value::String(format!("{value:?}")));
+        self.keep(field, || Value::String(format!("{value:?}")));
     }
 }
 
@@ -821,6 +828,48 @@ mod tests {
             lines[2].get("db.system").is_none(),
             "span fields stay out of JSON"
         );
+    }
+
+    /// A library logging through the `log` crate: both formats name its own target and leave
+    /// out the `log.*` fields the bridge adds.
+    #[test]
+    fn log_crate_lines_keep_their_target_in_both_formats() {
+        fn library_line() {
+            let record = tracing_log::log::Record::builder()
+                .args(format_args!("pool connection closed"))
+                .level(tracing_log::log::Level::Warn)
+                .target("r2d2::pool")
+                .module_path_static(Some("r2d2::pool"))
+                .file_static(Some("pool.rs"))
+                .line(Some(42))
+                .build();
+            tracing_log::format_trace(&record).expect("forwarded");
+        }
+        let json = captured(
+            ours(LogFormat {
+                json: true,
+                ansi: false,
+            }),
+            library_line,
+        );
+        let line: Value = serde_json::from_str(json.trim()).expect("one JSON line");
+        assert_eq!(line["target"], "r2d2::pool", "{line}");
+        assert_eq!(line["level"], "WARN", "{line}");
+        assert_eq!(line["message"], "pool connection closed", "{line}");
+        let keys: Vec<&String> = line.as_object().expect("object").keys().collect();
+        assert!(keys.iter().all(|k| !k.starts_with("log.")), "{line}");
+        let human = captured(
+            ours(LogFormat {
+                json: false,
+                ansi: false,
+            }),
+            library_line,
+        );
+        assert!(
+            human.contains("r2d2::pool: pool connection closed"),
+            "{human}"
+        );
+        assert!(!human.contains("log.target"), "{human}");
     }
 
     /// A span (with fields recorded at creation and later) and an event inside it, with string
