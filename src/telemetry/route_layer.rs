@@ -203,13 +203,16 @@ where
         // Ends the request in `http.server.active_requests` (dropping it); a request dropped
         // before it got here (the client went away) ends there when the future is dropped.
         if let Some((in_flight, request_id)) = this.finish.take() {
-            in_flight
-                .0
-                .record_duration(response.status().as_u16(), this.started.elapsed());
+            // One clock read serves the duration and the stall lookup.
+            let ended = Stamp::now();
+            in_flight.0.record_duration(
+                response.status().as_u16(),
+                std::time::Duration::from_nanos(this.started.nanos_until(ended)),
+            );
             let exposure = in_flight
                 .0
                 .watchdog
-                .exposure(*this.started, this.context.ids);
+                .exposure(*this.started, ended, this.context.ids);
             if let Some(exposure) = &exposure {
                 name_the_culprit(this.span.as_ref(), this.context, exposure);
             }

@@ -196,9 +196,10 @@ impl Watchdog {
     }
 
     /// The stalls (of other requests or tasks) in progress at some point between `started`
-    /// and now, seen from a request with ids `own`: see [`StallLog::overlap`].
-    pub fn exposure(&self, started: Stamp, own: SpanIds) -> Option<Exposure> {
-        self.stalls.overlap(self.ns_at(started), self.now_ns(), own)
+    /// and `ended`, seen from a request with ids `own`: see [`StallLog::overlap`].
+    pub fn exposure(&self, started: Stamp, ended: Stamp, own: SpanIds) -> Option<Exposure> {
+        self.stalls
+            .overlap(self.ns_at(started), self.ns_at(ended), own)
     }
 
     fn with_slot<R>(&self, f: impl FnOnce(&Slot) -> R) -> R {
