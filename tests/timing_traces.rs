@@ -499,12 +499,17 @@ async fn recording_upstream() -> (
             async { axum::Json(serde_json::json!({ "slept_ms": 0 })) }
         }),
     );
+    (serve_on_loopback(app).await, seen)
+}
+
+/// Serves `app` on a free loopback port for the rest of the test; its base URL.
+async fn serve_on_loopback(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, seen)
+    url
 }
 
 /// A caller's sampled trace stays sampled, with its `tracestate`, on the response and on the
@@ -901,12 +906,7 @@ async fn otlp_http_receiver(
             },
         ),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, receiver).await });
-    (endpoint, received)
+    (serve_on_loopback(receiver).await, received)
 }
 
 /// The per-signal endpoint is the full URL, used as given (the OTLP exporter spec); asked for

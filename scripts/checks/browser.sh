@@ -9,18 +9,10 @@ cd "$(dirname "$0")/../.."
 source scripts/checks/lib.sh
 here=scripts/checks/browser
 
-missing=()
-[ -x /usr/bin/chromium ] || missing+=("chromium (apt-get install chromium)")
-command -v node >/dev/null || missing+=("node (apt-get install nodejs)")
-[ -d "$here/node_modules/playwright-core" ] || missing+=("playwright-core (npm ci --prefix $here)")
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "${CI:-}" = "true" ]; then
-    echo "browser check: missing ${missing[*]}; scripts/ci-setup.sh installs them" >&2
-    exit 1
-  fi
-  echo "browser check skipped: missing ${missing[*]}"
-  exit 0
-fi
+skip_unless_installed browser \
+  "$([ -x /usr/bin/chromium ] || echo "chromium (apt-get install chromium)")" \
+  "$(command -v node >/dev/null || echo "node (apt-get install nodejs)")" \
+  "$([ -d "$here/node_modules/playwright-core" ] || echo "playwright-core (npm ci --prefix $here)")"
 
 bin=$(release_binary)
 tmp=$(mktemp -d)

@@ -10,17 +10,9 @@ cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/checks/lib.sh
 source scripts/checks/lib.sh
 
-missing=()
-command -v tokio-console >/dev/null || missing+=("tokio-console (cargo install tokio-console --locked)")
-command -v tmux >/dev/null || missing+=("tmux (apt-get install tmux)")
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "${CI:-}" = "true" ]; then
-    echo "console check: missing ${missing[*]}; scripts/ci-setup.sh installs them" >&2
-    exit 1
-  fi
-  echo "console check skipped: missing ${missing[*]}"
-  exit 0
-fi
+skip_unless_installed console \
+  "$(command -v tokio-console >/dev/null || echo "tokio-console (cargo install tokio-console --locked)")" \
+  "$(command -v tmux >/dev/null || echo "tmux (apt-get install tmux)")"
 
 bin=$(release_binary)
 port=$(free_port)

@@ -12,6 +12,21 @@ release_binary() {
   printf '%s\n' "${CARGO_TARGET_DIR:-$PWD/target}/release/stallscope"
 }
 
+# skip_unless_installed CHECK MISSING...: with tools missing, a check fails in CI (CI=true)
+# and is skipped elsewhere; MISSING are "tool (how to install it)" texts, empty ones ignored.
+skip_unless_installed() {
+  local check=$1 missing=()
+  shift
+  for tool in "$@"; do [ -n "$tool" ] && missing+=("$tool"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "${CI:-}" = "true" ]; then
+    echo "$check check: missing ${missing[*]}; scripts/ci-setup.sh installs them" >&2
+    exit 1
+  fi
+  echo "$check check skipped: missing ${missing[*]}"
+  exit 0
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # wait_until_up URL PID: until URL answers 2xx, or fail if PID exits first (10 s at most).

@@ -276,14 +276,8 @@ impl Watchdog {
                 return;
             }
             let (cause, cpu_wait) = self.cause_of(slot, seq, now, true);
-            self.stalls.ended(poll_key(slot, seq), now, || Stall {
-                started_ns: started,
-                ended_ns: None,
-                worker: slot.worker.clone(),
-                route,
-                variant,
-                culprit: request.as_ref().map(|r| r.ids),
-                cause,
+            self.stalls.ended(poll_key(slot, seq), now, || {
+                stall_of(slot, started, request.as_deref(), cause)
             });
             drop(reported);
             if was_reported {
@@ -374,15 +368,7 @@ impl Watchdog {
                 .increment(1.0);
             self.stalls.began(
                 poll_key(&slot, seq),
-                Stall {
-                    started_ns: started,
-                    ended_ns: None,
-                    worker: slot.worker.clone(),
-                    route,
-                    variant,
-                    culprit: request.as_ref().map(|r| r.ids),
-                    cause,
-                },
+                stall_of(&slot, started, request.as_deref(), cause),
             );
             drop(reported_seq);
             let elapsed = Duration::from_nanos(running_ns);
@@ -484,6 +470,20 @@ impl std::fmt::Display for TraceIdField {
             Some(trace_id) => write!(f, "{trace_id}"),
             None => Ok(()),
         }
+    }
+}
+
+/// The stall log's record of a poll of `slot` that began at `started`, still in progress.
+fn stall_of(slot: &Slot, started: u64, request: Option<&RequestContext>, cause: Cause) -> Stall {
+    let (route, variant) = labels(request);
+    Stall {
+        started_ns: started,
+        ended_ns: None,
+        worker: slot.worker.clone(),
+        route,
+        variant,
+        culprit: request.map(|r| r.ids),
+        cause,
     }
 }
 
