@@ -153,9 +153,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STALLSCOPE_BIND", default_value = "127.0.0.1:3000")]
     pub bind: SocketAddr,
 
-    /// After SIGINT/SIGTERM, wait this long for in-flight requests before exiting anyway.
-    #[arg(long, env = "STALLSCOPE_SHUTDOWN_GRACE_MS", default_value_t = 15_000)]
-    pub shutdown_grace_ms: u64,
+    /// After SIGINT/SIGTERM the process is gone within this: in-flight requests get all but
+    /// a fifth of it (at most 5 s), which is left for flushing queued spans. Requests still
+    /// unanswered then are named in the log and the exit status is 1.
+    #[arg(long, env = "STALLSCOPE_SHUTDOWN_DEADLINE_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub shutdown_deadline_ms: u64,
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,

@@ -13,6 +13,7 @@ pub mod experiment;
 pub mod routes;
 pub mod runtime;
 pub mod server;
+pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;

@@ -1,3 +1,5 @@
+use std::time::{Duration, Instant};
+
 use clap::Parser;
 
 use stallscope::config::{Cli, Command};
@@ -31,13 +33,23 @@ fn main() -> std::process::ExitCode {
             .filter(|args| args.upstream.upstream_url.is_none())
             .map(|_| stallscope::upstream::THREAD_NAME),
     });
+    // Spans still queued are flushed for up to this long (serve: what its deadline leaves).
+    let mut flush_until = Instant::now() + Duration::from_secs(5);
     let result = match (&cli.command, serve) {
-        (_, Some(args)) => stallscope::server::run_foreground(args),
+        (_, Some(args)) => stallscope::server::run_foreground(args).and_then(|stopped| {
+            flush_until = stopped.flush_until;
+            match stopped.abandoned {
+                0 => Ok(()),
+                n => Err(anyhow::anyhow!(
+                    "requests still in flight at the shutdown deadline: {n} (named in the log above)"
+                )),
+            }
+        }),
         (Some(Command::Experiment(args)), _) => stallscope::experiment::run(args),
         (Some(Command::Upstream(args)), _) => run_upstream(args.bind),
         (Some(Command::Serve(_)) | None, None) => Ok(()),
     };
-    tracing.shutdown();
+    tracing.shutdown(flush_until);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

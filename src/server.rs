@@ -2,7 +2,8 @@
 //! of its own (the experiment and the tests), always on the hand-built runtime.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::background::BackgroundServer;
 use crate::config::ServeArgs;
+use crate::shutdown::{Deadline, Event, Stopped};
 use crate::state::AppState;
 use crate::telemetry::Telemetry;
 
@@ -73,70 +75,100 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     })
 }
 
-/// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to
-/// `grace` before returning anyway.
+/// Serves until `shutdown` is cancelled and every in-flight request is answered. How long
+/// that may take is the caller's to bound: with stalled workers no timer in here would fire.
 async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
-    grace: Duration,
 ) -> std::io::Result<()> {
     state.telemetry.start()?;
     let app = crate::app(state);
-    let drained =
-        // With the peer's address in each request (`client.address` on its span).
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let grace_over = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = drained => result,
-        () = grace_over => {
-            tracing::warn!(grace_ms = grace.as_millis(), "in-flight requests outlived the shutdown grace period; exiting anyway");
-            Ok(())
-        }
-    }
+    // With the peer's address in each request (`client.address` on its span).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
-/// `stallscope serve`: runs until SIGINT or SIGTERM, drains, and returns.
-pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<()> {
+/// `stallscope serve`: runs until SIGINT or SIGTERM, then drains within the shutdown
+/// deadline ([`crate::shutdown`]) and says by when the caller must have flushed spans.
+pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<Stopped> {
     let Prepared {
         state,
         shutdown,
         runtime,
         helpers,
     } = prepare(args)?;
-    let grace = Duration::from_millis(args.shutdown_grace_ms);
-    let result = runtime.block_on(async {
-        let listener = TcpListener::bind(args.bind)
+    let deadline = Deadline::new(Duration::from_millis(args.shutdown_deadline_ms));
+    let in_flight = Arc::clone(&state.telemetry.in_flight);
+    let listener = runtime
+        .block_on(TcpListener::bind(args.bind))
+        .with_context(|| format!("could not listen on {}", args.bind))?;
+    let base = browsable_url(listener.local_addr()?);
+    tracing::info!(
+        workers = args.runtime.worker_threads(),
+        "stallscope is serving: open {base}/docs to run the lessons; metrics at {base}/metrics"
+    );
+    let (events, received) = std::sync::mpsc::channel();
+    crate::shutdown::spawn_signal_thread(
+        shutdown.clone(),
+        events.clone(),
+        deadline,
+        Arc::clone(&in_flight),
+    )?;
+    runtime.spawn(async move {
+        let served = serve(listener, state, shutdown)
             .await
-            .with_context(|| format!("could not listen on {}", args.bind))?;
-        let base = browsable_url(listener.local_addr()?);
-        tracing::info!(
-            workers = args.runtime.worker_threads(),
-            "stallscope is serving: open {base}/docs to run the lessons; metrics at {base}/metrics"
-        );
-        let on_signal = shutdown.clone();
-        tokio::task::Builder::new()
-            .name("signal-listener")
-            .spawn(async move {
-                wait_for_signal().await;
-                tracing::info!("shutdown signal received; draining in-flight requests");
-                on_signal.cancel();
-            })?;
-        serve(listener, state, shutdown, grace)
-            .await
-            .context("the server failed")
+            .context("the server failed");
+        let _ = events.send(Event::Served(served));
     });
-    drop(helpers);
-    // Blocking-pool threads still sleeping for a stalled request must not hold up exit.
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
+    // This thread keeps the time: the runtime's own timers stop when its workers stall.
+    let signalled = match received.recv() {
+        Ok(Event::Signal(at)) => at,
+        Ok(Event::Served(served)) => {
+            served?;
+            anyhow::bail!("the server stopped without a shutdown signal");
+        }
+        Err(_) => anyhow::bail!("the server and the signal thread are both gone"),
+    };
+    let drain_until = deadline.drain_until(signalled);
+    let drained = loop {
+        match received.recv_timeout(drain_until.saturating_duration_since(Instant::now())) {
+            Ok(Event::Served(served)) => break Some(served),
+            Ok(Event::Signal(_)) => {}
+            Err(_) => break None,
+        }
+    };
+    let stopped = match drained {
+        Some(served) => {
+            served?;
+            drop(helpers);
+            // Blocking-pool threads still sleeping for a stalled request must not hold up exit.
+            runtime.shutdown_timeout(Duration::from_millis(500));
+            Stopped {
+                flush_until: deadline.exit_by(signalled),
+                abandoned: 0,
+            }
+        }
+        None => {
+            let abandoned = crate::shutdown::name_abandoned(
+                &in_flight,
+                "in-flight requests outlived the drain time",
+            );
+            // Stalled workers cannot be joined, nor can a helper serving a slow request:
+            // the process exits around them.
+            std::mem::forget(helpers);
+            runtime.shutdown_background();
+            Stopped {
+                flush_until: deadline.exit_by(signalled),
+                abandoned,
+            }
+        }
+    };
+    Ok(stopped)
 }
 
 /// `http://HOST:PORT` for a listening address, as a person would paste it into a browser: a
@@ -202,14 +234,27 @@ impl RunningService {
             .with_context(|| format!("could not listen on {}", args.bind))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let grace = Duration::from_millis(args.shutdown_grace_ms);
+        let drain = Deadline::new(Duration::from_millis(args.shutdown_deadline_ms));
         let service_shutdown = shutdown.clone();
         let thread = std::thread::Builder::new()
             .name("stallscope-service".into())
             .spawn(move || {
                 let result = runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
-                    serve(listener, state, service_shutdown, grace).await
+                    let served = serve(listener, state, service_shutdown.clone());
+                    // In-process, nothing stalls this runtime for long: its own timer will do.
+                    let give_up = async {
+                        service_shutdown.cancelled().await;
+                        let now = Instant::now();
+                        tokio::time::sleep_until(drain.drain_until(now).into()).await;
+                    };
+                    tokio::select! {
+                        served = served => served,
+                        () = give_up => {
+                            tracing::warn!("in-flight requests outlived the drain time; stopping anyway");
+                            Ok(())
+                        }
+                    }
                 });
                 if let Err(err) = result {
                     tracing::error!(%err, "the in-process service failed");

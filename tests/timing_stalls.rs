@@ -628,3 +628,76 @@ fn watchdog_does_not_blame_block_in_place() {
     assert_eq!(watchdog.scan(), 1);
     runtime.block_on(stalled).expect("task");
 }
+
+/// SIGTERM while both workers sleep in 10 s blocking requests: no signal handler or timer of
+/// the service runtime can run, yet the process is gone within the shutdown deadline plus a
+/// second, exits non-zero, and names the requests it abandoned.
+#[tokio::test]
+async fn sigterm_with_stalled_workers_exits_by_the_deadline_naming_the_requests() {
+    let _serial = SERIAL.lock().await;
+    let deadline_ms = 3_000;
+    let mut service = ServiceProcess::start(&[
+        "--workers",
+        "2",
+        "--shutdown-deadline-ms",
+        &deadline_ms.to_string(),
+    ])
+    .await;
+    let url = format!("{}/sleep/blocking?ms=10000", service.base_url);
+    let held: Vec<_> = (0..2)
+        .map(|n| {
+            let request = reqwest::Client::new()
+                .get(&url)
+                .header("x-request-id", format!("held-{n}"));
+            tokio::spawn(request.send())
+        })
+        .collect();
+    // Both workers asleep: the watchdog says so (its thread is not a worker).
+    let stalled = Instant::now();
+    loop {
+        let lines = service.drain_logs();
+        if lines.iter().filter(|(_, l)| l.contains("held-")).count() >= 2 {
+            break;
+        }
+        assert!(
+            stalled.elapsed() < Duration::from_secs(5),
+            "no stall logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = service.child.id().expect("running").to_string();
+    let signalled = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(15), service.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    let took = signalled.elapsed();
+    assert!(
+        took <= Duration::from_millis(deadline_ms + 1_000),
+        "exited {took:?} after SIGTERM with a {deadline_ms} ms deadline"
+    );
+    assert!(!status.success(), "abandoning requests is not a clean exit");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log: String = service
+        .drain_logs()
+        .into_iter()
+        .map(|(_, l)| l + "\n")
+        .collect();
+    for id in ["held-0", "held-1"] {
+        assert!(
+            log.lines().any(|l| l.contains("abandoned in flight")
+                && l.contains(id)
+                && l.contains("/sleep/{variant}")
+                && l.contains("blocking")),
+            "{id} not named:\n{log}"
+        );
+    }
+    for request in held {
+        request.abort();
+    }
+}

@@ -877,6 +877,77 @@ async fn queued_spans_are_flushed_on_graceful_shutdown() {
     );
 }
 
+/// A collector that accepts connections and never answers: SIGTERM still ends the process
+/// within the shutdown deadline (not the exporter's own 10 s timeout on top of it), and the
+/// spans it could not hand over are counted in the log.
+#[tokio::test]
+async fn a_black_hole_collector_cannot_hold_shutdown_past_the_deadline() {
+    let _serial = SERIAL.lock().await;
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let endpoint = format!("http://{}", black_hole.local_addr().expect("address"));
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((connection, _)) = black_hole.accept().await {
+            connections.push(connection);
+        }
+    });
+    let deadline_ms = 2_000;
+    let mut service = ServiceProcess::start_with_env(
+        &[
+            "--workers",
+            "1",
+            "--shutdown-deadline-ms",
+            &deadline_ms.to_string(),
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+        ],
+    )
+    .await;
+    for _ in 0..5 {
+        let status = reqwest::get(format!("{}/sleep/async?ms=1", service.base_url))
+            .await
+            .expect("answer")
+            .status();
+        assert_eq!(status, 200);
+    }
+    let pid = service.child.id().expect("running").to_string();
+    let signalled = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(15), service.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    let took = signalled.elapsed();
+    assert!(
+        took <= Duration::from_millis(deadline_ms + 1_000),
+        "exited {took:?} after SIGTERM with a {deadline_ms} ms deadline"
+    );
+    assert!(status.success(), "every request was answered: {status:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let lost: Vec<String> = service
+        .drain_logs()
+        .into_iter()
+        .map(|(_, l)| l)
+        .filter(|l| l.contains("WARN") && l.contains("at the shutdown deadline and are lost"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:#?}");
+    let count: u64 = lost[0]
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("lost="))
+        .and_then(|n| n.parse().ok())
+        .expect("lost=N");
+    assert!(count >= 5, "the five requests' spans at least: {}", lost[0]);
+    held.abort();
+}
+
 /// `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf` posts protobuf to `{endpoint}/v1/traces`. The
 /// receiver here is a minimal OTLP/HTTP endpoint: it checks the method, path and content
 /// type, and that the body decodes as an OTLP trace request naming the request's span.

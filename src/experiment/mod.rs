@@ -196,7 +196,7 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<()> {
 fn start_in_process(args: &ExperimentArgs) -> anyhow::Result<RunningService> {
     let mut serve = ServeArgs::defaults();
     serve.bind = "127.0.0.1:0".parse()?;
-    serve.shutdown_grace_ms = 1_000;
+    serve.shutdown_deadline_ms = 1_000;
     serve.runtime.workers = Some(args.workers);
     serve.limits.max_cpu_iterations = u64::MAX;
     serve.upstream.upstream_url = None;

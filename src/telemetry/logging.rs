@@ -86,12 +86,15 @@ pub struct TracingGuard {
 }
 
 impl TracingGuard {
-    /// Exports every span still queued (bounded wait) and stops the exporter.
-    pub fn shutdown(self) {
+    /// Exports the spans still queued, waiting no later than `until`, and stops the exporter;
+    /// spans the collector has not taken by then are counted and logged as lost.
+    pub fn shutdown(self, until: std::time::Instant) {
         if self.exporting
-            && let Err(err) = self.provider.shutdown()
+            && let Err(err) = self
+                .provider
+                .shutdown_with_timeout(until.saturating_duration_since(std::time::Instant::now()))
         {
-            eprintln!("stallscope: flushing spans at shutdown failed: {err}");
+            tracing::warn!("flushing spans at shutdown did not finish: {err}");
         }
     }
 }

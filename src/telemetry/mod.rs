@@ -8,6 +8,7 @@ pub mod cpu_wait;
 pub mod exposition;
 pub mod http_metrics;
 mod id_header;
+pub mod in_flight;
 pub mod logging;
 pub mod metric_names;
 pub mod otlp;
@@ -37,6 +38,8 @@ pub struct Telemetry {
     pub tasks: TaskMonitors,
     pub http: http_metrics::HttpMetrics,
     pub watchdog: Arc<Watchdog>,
+    /// The requests being answered, named by a shutdown that abandons them.
+    pub in_flight: Arc<in_flight::InFlightRequests>,
     /// The canary's largest lag since the last scrape.
     lag_max: Arc<canary::LagMax>,
     /// The service runtime, known once it runs; `/metrics` reads its figures from any thread.
@@ -51,6 +54,7 @@ impl Telemetry {
             tasks: TaskMonitors::new(settings.slow_poll_threshold()),
             http: http_metrics::HttpMetrics::default(),
             watchdog: Watchdog::new(settings.stall_threshold()),
+            in_flight: Arc::default(),
             lag_max: Arc::default(),
             runtime: OnceLock::new(),
             settings: settings.clone(),

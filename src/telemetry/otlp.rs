@@ -15,7 +15,8 @@
 //! `OTEL_BSP_MAX_QUEUE_SIZE` (2048), `OTEL_BSP_SCHEDULE_DELAY` (5000 ms),
 //! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -190,6 +191,9 @@ pub struct QueueingProcessor {
     /// upstream's (`{service.name}-upstream`), like a standalone upstream's.
     upstream_thread: Option<&'static str>,
     exporter_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Spans handed to the exporter thread and not yet exported or dropped: at the shutdown
+    /// deadline, the spans lost at exit.
+    pending: Arc<AtomicU64>,
 }
 
 /// Holds the exporter thread's task back until dropped: the subscriber (with tokio-console's
@@ -211,6 +215,8 @@ impl QueueingProcessor {
         // The tonic channel must be created inside a runtime.
         let exporter = runtime.block_on(async { build_exporter(settings) })?;
         let (delay, batch) = (settings.schedule_delay, settings.max_batch_size);
+        let pending = Arc::new(AtomicU64::new(0));
+        let exported = Arc::clone(&pending);
         let thread = std::thread::Builder::new()
             .name("otel-exporter".into())
             .spawn(move || {
@@ -220,7 +226,7 @@ impl QueueingProcessor {
                     // A named task, so tokio-console shows what this thread does.
                     match tokio::task::Builder::new()
                         .name("otlp-span-exporter")
-                        .spawn(export_loop(receiver, exporter, delay, batch))
+                        .spawn(export_loop(receiver, exporter, delay, batch, exported))
                     {
                         Ok(task) => {
                             let _ = task.await;
@@ -234,6 +240,7 @@ impl QueueingProcessor {
                 queue: Mutex::new(Some(queue)),
                 upstream_thread,
                 exporter_thread: Mutex::new(Some(thread)),
+                pending,
             },
             ExportGate(gate),
         ))
@@ -273,7 +280,12 @@ async fn export_loop(
     mut exporter: opentelemetry_otlp::SpanExporter,
     delay: Duration,
     max_batch: usize,
+    pending: Arc<AtomicU64>,
 ) {
+    let exporter = &mut Exporter {
+        inner: &mut exporter,
+        pending: &pending,
+    };
     // One batch and one resource per service: a batch goes out under its own resource.
     let mut batches: [Vec<SpanData>; 2] = [Vec::new(), Vec::new()];
     let mut resources: [Resource; 2] = [
@@ -287,7 +299,7 @@ async fn export_loop(
                 let batch = &mut batches[service as usize];
                 batch.push(*span);
                 if batch.len() >= max_batch {
-                    export(&mut exporter, &resources[service as usize], batch).await;
+                    exporter.export(&resources[service as usize], batch).await;
                     deadline = tokio::time::Instant::now() + delay;
                 }
             }
@@ -296,16 +308,16 @@ async fn export_loop(
                 resources = [*resource, upstream];
             }
             Ok(Some(Message::Flush(done))) => {
-                export_all(&mut exporter, &resources, &mut batches).await;
+                exporter.export_all(&resources, &mut batches).await;
                 let _ = done.send(());
             }
             Err(_elapsed) => {
-                export_all(&mut exporter, &resources, &mut batches).await;
+                exporter.export_all(&resources, &mut batches).await;
                 deadline = tokio::time::Instant::now() + delay;
             }
             Ok(None) => {
-                export_all(&mut exporter, &resources, &mut batches).await;
-                let _ = exporter.shutdown();
+                exporter.export_all(&resources, &mut batches).await;
+                let _ = exporter.inner.shutdown();
                 return;
             }
         }
@@ -328,30 +340,32 @@ fn upstream_resource(service: &Resource) -> Resource {
         .build()
 }
 
-async fn export_all(
-    exporter: &mut opentelemetry_otlp::SpanExporter,
-    resources: &[Resource; 2],
-    batches: &mut [Vec<SpanData>; 2],
-) {
-    for (resource, batch) in resources.iter().zip(batches.iter_mut()) {
-        export(exporter, resource, batch).await;
-    }
+/// The OTLP exporter, and the count of spans it still owes.
+struct Exporter<'a> {
+    inner: &'a mut opentelemetry_otlp::SpanExporter,
+    pending: &'a AtomicU64,
 }
 
-async fn export(
-    exporter: &mut opentelemetry_otlp::SpanExporter,
-    resource: &Resource,
-    batch: &mut Vec<SpanData>,
-) {
-    if batch.is_empty() {
-        return;
+impl Exporter<'_> {
+    async fn export_all(&mut self, resources: &[Resource; 2], batches: &mut [Vec<SpanData>; 2]) {
+        for (resource, batch) in resources.iter().zip(batches.iter_mut()) {
+            self.export(resource, batch).await;
+        }
     }
-    exporter.set_resource(resource);
-    let spans = std::mem::take(batch);
-    let count = spans.len() as u64;
-    match exporter.export(spans).await {
-        Ok(()) => metrics::counter!(OTEL_SPANS_EXPORTED).increment(count),
-        Err(err) => LOSSES.lost(DROPPED_EXPORT_FAILED, count, Some(err.to_string())),
+
+    async fn export(&mut self, resource: &Resource, batch: &mut Vec<SpanData>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.inner.set_resource(resource);
+        let spans = std::mem::take(batch);
+        let count = spans.len() as u64;
+        let result = self.inner.export(spans).await;
+        self.pending.fetch_sub(count, Ordering::Relaxed);
+        match result {
+            Ok(()) => metrics::counter!(OTEL_SPANS_EXPORTED).increment(count),
+            Err(err) => LOSSES.lost(DROPPED_EXPORT_FAILED, count, Some(err.to_string())),
+        }
     }
 }
 
@@ -370,32 +384,23 @@ impl SpanProcessor for QueueingProcessor {
             Some(name) if std::thread::current().name() == Some(name) => Service::Upstream,
             _ => Service::Main,
         };
+        // Counted before it is sent, so the exporter never subtracts a span not yet added.
+        self.pending.fetch_add(1, Ordering::Relaxed);
         match queue.try_send(Message::Span(Box::new(span), service)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => LOSSES.lost(DROPPED_QUEUE_FULL, 1, None),
-            Err(mpsc::error::TrySendError::Closed(_)) => LOSSES.lost(DROPPED_SHUT_DOWN, 1, None),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                LOSSES.lost(DROPPED_QUEUE_FULL, 1, None);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                LOSSES.lost(DROPPED_SHUT_DOWN, 1, None);
+            }
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        let queue = self.sender().ok_or(OTelSdkError::AlreadyShutdown)?;
-        let (done, flushed) = std::sync::mpsc::sync_channel(1);
-        // Flushing is for shutdown, never for the request path: waiting for room is fine.
-        let deadline = Instant::now() + FLUSH_TIMEOUT;
-        let mut message = Message::Flush(done);
-        loop {
-            match queue.try_send(message) {
-                Ok(()) => break,
-                Err(mpsc::error::TrySendError::Full(back)) if Instant::now() < deadline => {
-                    message = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(_) => return Err(OTelSdkError::Timeout(FLUSH_TIMEOUT)),
-            }
-        }
-        flushed
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .map_err(|_| OTelSdkError::Timeout(FLUSH_TIMEOUT))
+        self.flush_until(Instant::now() + FLUSH_TIMEOUT)
     }
 
     /// The provider calls this once, while it is built and before any span exists, so the
@@ -411,14 +416,14 @@ impl SpanProcessor for QueueingProcessor {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let flushed = self.force_flush();
+        let deadline = Instant::now() + timeout;
+        let flushed = self.flush_until(deadline);
         // Dropping the only sender ends the export loop once the queue is drained.
         if let Ok(mut queue) = self.queue.lock() {
             queue.take();
         }
         let thread = self.exporter_thread.lock().ok().and_then(|mut t| t.take());
         if let Some(thread) = thread {
-            let deadline = Instant::now() + timeout;
             while !thread.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -426,7 +431,40 @@ impl SpanProcessor for QueueingProcessor {
                 let _ = thread.join();
             }
         }
+        let lost = self.pending.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            metrics::counter!(OTEL_SPANS_DROPPED, "reason" => DROPPED_SHUT_DOWN).increment(lost);
+            tracing::warn!(
+                lost,
+                timeout_ms = timeout.as_millis(),
+                "{lost} spans were still queued or being exported at the shutdown deadline and are lost"
+            );
+        }
         flushed
+    }
+}
+
+impl QueueingProcessor {
+    /// Exports everything queued so far, waiting no later than `deadline`. Flushing is for
+    /// shutdown, never for the request path: waiting for room in the queue is fine.
+    fn flush_until(&self, deadline: Instant) -> OTelSdkResult {
+        let timeout = || OTelSdkError::Timeout(deadline.saturating_duration_since(Instant::now()));
+        let queue = self.sender().ok_or(OTelSdkError::AlreadyShutdown)?;
+        let (done, flushed) = std::sync::mpsc::sync_channel(1);
+        let mut message = Message::Flush(done);
+        loop {
+            match queue.try_send(message) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Full(back)) if Instant::now() < deadline => {
+                    message = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return Err(timeout()),
+            }
+        }
+        flushed
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .map_err(|_| timeout())
     }
 }
 

@@ -26,6 +26,7 @@ use super::Telemetry;
 use super::clock::Stamp;
 use super::http_metrics::{RouteInstruments, RouteKey};
 use super::id_header;
+use super::in_flight::Ticket;
 use super::metric_names::STALL_VICTIMS;
 use super::poll_stats::{Measured, PollStats};
 use super::request_context::{
@@ -120,7 +121,7 @@ where
             span,
             request_id,
         } = begin_request(&request, &instruments.span_name, route, variant, method);
-        let in_flight = InFlight::enter(instruments);
+        let in_flight = InFlight::enter(instruments, telemetry.in_flight.enter(&context, started));
         let handler = InRequest::new(
             self.inner.call(request),
             Arc::clone(&context),
@@ -205,14 +206,15 @@ where
         if let Some((in_flight, request_id)) = this.finish.take() {
             // One clock read serves the duration and the stall lookup.
             let ended = Stamp::now();
-            in_flight.0.record_duration(
+            in_flight.instruments.record_duration(
                 response.status().as_u16(),
                 std::time::Duration::from_nanos(this.started.nanos_until(ended)),
             );
-            let exposure = in_flight
-                .0
-                .watchdog
-                .exposure(*this.started, ended, this.context.ids);
+            let exposure =
+                in_flight
+                    .instruments
+                    .watchdog
+                    .exposure(*this.started, ended, this.context.ids);
             if let Some(exposure) = &exposure {
                 name_the_culprit(this.span.as_ref(), this.context, exposure);
             }
@@ -228,20 +230,27 @@ where
     }
 }
 
-/// A request's instruments, counting it in `http.server.active_requests` until dropped,
-/// however its future ends: finished, or dropped mid-way because the client hung up.
-pub struct InFlight(&'static RouteInstruments);
+/// A request's instruments, counting it in `http.server.active_requests` and listing it
+/// among the requests in flight until dropped, however its future ends: finished, or dropped
+/// mid-way because the client hung up.
+pub struct InFlight {
+    instruments: &'static RouteInstruments,
+    _listed: Ticket,
+}
 
 impl InFlight {
-    fn enter(instruments: &'static RouteInstruments) -> Self {
+    fn enter(instruments: &'static RouteInstruments, listed: Ticket) -> Self {
         instruments.active.increment();
-        Self(instruments)
+        Self {
+            instruments,
+            _listed: listed,
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.active.decrement();
+        self.instruments.active.decrement();
     }
 }
 

@@ -24,7 +24,7 @@ use super::trace_context::SpanIds;
 /// How many ended stalls are kept at most, newest first out last.
 const KEPT: usize = 256;
 /// Ended stalls older than this are forgotten: no request of this service lives longer (the
-/// upstream timeout is 15 s, the shutdown grace 15 s).
+/// upstream timeout is 15 s, the shutdown deadline 25 s).
 const KEPT_FOR_NS: u64 = 5 * 60 * 1_000_000_000;
 
 /// One stall, in the watchdog's clock (nanoseconds since its epoch).

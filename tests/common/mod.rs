@@ -14,7 +14,7 @@ use stallscope::server::RunningService;
 pub fn serve_args(workers: u16) -> ServeArgs {
     let mut args = ServeArgs::defaults();
     args.bind = "127.0.0.1:0".parse().expect("literal address");
-    args.shutdown_grace_ms = 2_000;
+    args.shutdown_deadline_ms = 2_000;
     args.runtime.workers = Some(workers);
     args.runtime.max_blocking_threads = 64;
     args.limits.max_cpu_iterations = 1_000_000_000;
