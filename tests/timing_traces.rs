@@ -1130,3 +1130,247 @@ async fn without_an_exporter_responses_still_name_the_trace() {
     assert_eq!(parts[1], caller_trace, "the caller's trace is joined");
     assert_ne!(parts[2], "00f067aa0ba902b7", "with a span of its own");
 }
+
+/// One row of the attribute table in docs/traces-and-logs.md.
+struct Documented {
+    attribute: String,
+    /// Where it appears: `server`, `client`, `db query`, `blocking`, `cpu`, or
+    /// `executor.stall event`.
+    on: Vec<String>,
+    /// `string`, `int` or `double`.
+    kind: String,
+}
+
+/// The attribute table as the docs print it, read from the Markdown itself so the two cannot
+/// drift apart.
+fn documented_attributes() -> Vec<Documented> {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/traces-and-logs.md"
+    ))
+    .expect("docs/traces-and-logs.md");
+    let rows: Vec<Documented> = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("| Attribute | Span | Type |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            Documented {
+                attribute: cells[1].trim_matches('`').to_owned(),
+                on: cells[2]
+                    .split(',')
+                    .map(|s| s.trim().replace('`', ""))
+                    .collect(),
+                kind: cells[3].to_owned(),
+            }
+        })
+        .collect();
+    assert!(rows.len() > 30, "the attribute table was not found");
+    rows
+}
+
+/// The OTLP value type of an attribute as decoded from the wire (`ExportedSpan` keeps the
+/// decoded `AnyValue`'s Debug form: `Some(AnyValue { value: Some(IntValue(200)) })`).
+fn otlp_type(decoded: &str) -> &'static str {
+    for (variant, kind) in [
+        ("IntValue(", "int"),
+        ("DoubleValue(", "double"),
+        ("StringValue(", "string"),
+        ("BoolValue(", "bool"),
+        ("ArrayValue(", "array"),
+    ] {
+        if decoded.contains(variant) {
+            return kind;
+        }
+    }
+    "unknown"
+}
+
+/// Which spans (or events) `on` names, by kind and name.
+fn where_documented<'a>(
+    spans: &'a [ExportedSpan],
+    on: &str,
+) -> Vec<&'a std::collections::BTreeMap<String, String>> {
+    let kind = |s: &ExportedSpan, k: &str| s.kind == k;
+    match on {
+        "server" => spans
+            .iter()
+            .filter(|s| kind(s, "SPAN_KIND_SERVER"))
+            .map(|s| &s.attributes)
+            .collect(),
+        "client" => spans
+            .iter()
+            .filter(|s| kind(s, "SPAN_KIND_CLIENT") && s.attributes.contains_key("url.full"))
+            .map(|s| &s.attributes)
+            .collect(),
+        "db query" => spans
+            .iter()
+            .filter(|s| s.attributes.contains_key("db.system.name"))
+            .map(|s| &s.attributes)
+            .collect(),
+        "blocking" => spans
+            .iter()
+            .filter(|s| s.name.starts_with("blocking "))
+            .map(|s| &s.attributes)
+            .collect(),
+        "cpu" => spans
+            .iter()
+            .filter(|s| s.name == "cpu.sha256")
+            .map(|s| &s.attributes)
+            .collect(),
+        "executor.stall event" => spans
+            .iter()
+            .flat_map(|s| &s.events)
+            .filter(|e| e.name == "executor.stall")
+            .map(|e| &e.attributes)
+            .collect(),
+        other => panic!("the docs name a span kind this test does not know: {other}"),
+    }
+}
+
+/// Requests that between them produce every documented attribute: a query string and a user
+/// agent, a stall with a victim, `block_in_place`, CPU work on the blocking pool, an upstream
+/// call that answers and one that times out (504), and the database lessons' statements.
+async fn exercise_every_documented_attribute(base: &str) {
+    let client = reqwest::Client::builder()
+        .user_agent("stallscope-typed-test/1")
+        .build()
+        .expect("client");
+    let get = |path: &str| {
+        let request = client.get(format!("{base}{path}"));
+        async move { request.send().await.expect("answer").status().as_u16() }
+    };
+    assert_eq!(get("/sleep/async?ms=1&probe=typed").await, 200);
+    // The victim must be in flight before the stall begins: once the only worker is held,
+    // no new request even gets read.
+    let victim = tokio::spawn(get("/sleep/async?ms=300"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get("/sleep/blocking?ms=400").await, 200, "the culprit");
+    assert_eq!(victim.await.expect("victim"), 200);
+    for (path, status) in [
+        ("/sleep/block-in-place?ms=50", 200),
+        ("/cpu/spawn-blocking?iterations=1000", 200),
+        ("/upstream/async?ms=1", 200),
+        ("/upstream/async?ms=2000", 504),
+        ("/db/async/sleep?ms=1", 200),
+        ("/db/raw/sleep?ms=1", 200),
+    ] {
+        assert_eq!(get(path).await, status, "{path}");
+    }
+}
+
+/// Every attribute of the docs' table, received and decoded over real OTLP as a backend
+/// would: present where the docs say, and of the documented type on every span that has it.
+fn assert_documented_types(spans: &[ExportedSpan], transport: &str) {
+    let mut failures = Vec::new();
+    for row in documented_attributes() {
+        for on in &row.on {
+            let carriers = where_documented(spans, on);
+            let values: Vec<&String> = carriers
+                .iter()
+                .filter_map(|attributes| attributes.get(&row.attribute))
+                .collect();
+            if values.is_empty() {
+                failures.push(format!("{}: no {on} span has it", row.attribute));
+            }
+            for value in values {
+                if otlp_type(value) != row.kind {
+                    failures.push(format!(
+                        "{} on {on}: documented {}, received {value}",
+                        row.attribute, row.kind
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "over {transport}:\n{}",
+        failures.join("\n")
+    );
+}
+
+fn every_documented_attribute_arrived(spans: &[ExportedSpan]) -> bool {
+    documented_attributes().iter().all(|row| {
+        row.on.iter().all(|on| {
+            where_documented(spans, on)
+                .iter()
+                .any(|attributes| attributes.contains_key(&row.attribute))
+        })
+    })
+}
+
+#[tokio::test]
+async fn documented_attributes_arrive_typed_over_grpc_and_http() {
+    let _serial = SERIAL.lock().await;
+    let flags = ["--workers", "1", "--upstream-timeout-ms", "300"];
+
+    let mut collector = FakeCollectorServer::start().await.expect("collector");
+    let endpoint = collector.endpoint();
+    let service = ServiceProcess::start_with_env(
+        &flags,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), FAST_EXPORT],
+    )
+    .await;
+    exercise_every_documented_attribute(&service.base_url).await;
+    let spans = collect_until(&mut collector, every_documented_attribute_arrived).await;
+    assert_documented_types(&spans, "gRPC");
+    // The statements with their placeholders, never the bound values.
+    let statements: Vec<(&str, &str)> = spans
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.attributes.get("db.operation.name")?.as_str(),
+                s.attributes.get("db.query.text")?.as_str(),
+            ))
+        })
+        .collect();
+    for (operation, statement) in [
+        ("sleep_raw", "\"SELECT stallscope_sleep(?)\""),
+        ("sleep", "stallscope_sleep(?)"),
+    ] {
+        assert!(
+            statements
+                .iter()
+                .any(|(o, t)| o.contains(&format!("\"{operation}\"")) && t.contains(statement)),
+            "{operation}: {statements:#?}"
+        );
+    }
+    drop(service);
+
+    let (base, mut received) = otlp_http_receiver("/v1/traces").await;
+    let service = ServiceProcess::start_with_env(
+        &flags,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &base),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            FAST_EXPORT,
+        ],
+    )
+    .await;
+    exercise_every_documented_attribute(&service.base_url).await;
+    let mut spans = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !every_documented_attribute_arrived(&spans) && Instant::now() < deadline {
+        let Ok(Some((_, body))) = tokio::time::timeout_at(deadline.into(), received.recv()).await
+        else {
+            break;
+        };
+        use prost::Message;
+        let request =
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                body.as_slice(),
+            )
+            .expect("an OTLP ExportTraceServiceRequest");
+        spans.extend(
+            request
+                .resource_spans
+                .into_iter()
+                .flat_map(|r| r.scope_spans)
+                .flat_map(|s| s.spans)
+                .map(ExportedSpan::from),
+        );
+    }
+    assert_documented_types(&spans, "OTLP/HTTP");
+}

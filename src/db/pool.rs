@@ -66,8 +66,9 @@ fn record_acquire_wait(backend: Backend, kind: PoolKind, started: Instant) {
 }
 
 /// The client span of one query, following the OpenTelemetry database conventions (the
-/// stable names of v1.33: `db.system.name`, `db.operation.name`). Only the operation name is
-/// recorded, never the statement's parameters (they can hold passwords).
+/// stable names of v1.33: `db.system.name`, `db.operation.name`, `db.query.text`). The
+/// lessons' statements are recorded with their placeholders ([`record_statement`]); bound
+/// values never are (the users' ones hold passwords).
 pub fn query_span(backend: Backend, operation: &'static str) -> tracing::Span {
     tracing::info_span!(
         "db query",
@@ -75,7 +76,30 @@ pub fn query_span(backend: Backend, operation: &'static str) -> tracing::Span {
         otel.kind = "client",
         db.system.name = backend.db_system(),
         db.operation.name = operation,
+        db.query.text = tracing::field::Empty,
     )
+}
+
+/// Puts `sql` on the current query span as `db.query.text`.
+pub fn record_statement(sql: &str) {
+    tracing::Span::current().record("db.query.text", sql);
+}
+
+/// `query`'s SQL as the `DB` backend is sent it: placeholders only, the bound values go
+/// separately and are never in the text. Rendered only when a span will carry it.
+pub fn statement_of<DB, Q>(query: &Q) -> Option<String>
+where
+    DB: diesel::backend::Backend + Default,
+    DB::QueryBuilder: Default,
+    Q: diesel::query_builder::QueryFragment<DB>,
+{
+    use diesel::query_builder::QueryBuilder;
+    if tracing::Span::current().is_disabled() {
+        return None;
+    }
+    let mut sql = DB::QueryBuilder::default();
+    query.to_sql(&mut sql, &DB::default()).ok()?;
+    Some(sql.finish())
 }
 
 /// Records one query's duration (`operation` is a literal: a bounded label).

@@ -16,7 +16,7 @@ use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
 use diesel::{OptionalExtension, QueryResult, define_sql_function};
 
 use super::models::{NewUser, User, UserChanges};
-use super::pool::{query_span, record_query};
+use super::pool::{query_span, record_query, record_statement, statement_of};
 use super::schema::users;
 use super::sqlite::stallscope_sleep;
 use super::{AnyPool, AnySyncPool, Database, DbError};
@@ -87,6 +87,33 @@ macro_rules! on_sync_conn {
     }};
 }
 
+/// Records `query`'s statement on the current query span, for the backend of `conn` (an
+/// async connection).
+fn record_async<C, Q>(_conn: &C, query: &Q)
+where
+    C: diesel_async::AsyncConnectionCore,
+    C::Backend: Default,
+    <C::Backend as diesel::backend::Backend>::QueryBuilder: Default,
+    Q: diesel::query_builder::QueryFragment<C::Backend>,
+{
+    if let Some(sql) = statement_of::<C::Backend, _>(query) {
+        record_statement(&sql);
+    }
+}
+
+/// [`record_async`] for a sync connection.
+fn record_sync<C, Q>(_conn: &C, query: &Q)
+where
+    C: diesel::Connection,
+    C::Backend: Default,
+    <C::Backend as diesel::backend::Backend>::QueryBuilder: Default,
+    Q: diesel::query_builder::QueryFragment<C::Backend>,
+{
+    if let Some(sql) = statement_of::<C::Backend, _>(query) {
+        record_statement(&sql);
+    }
+}
+
 /// `SELECT 1`: is the database there?
 pub async fn ping(db: &Database) -> Result<(), DbError> {
     on_async_conn!(db, "ping", |conn| diesel::sql_query("SELECT 1")
@@ -113,12 +140,11 @@ pub async fn insert_user(db: &Database, new: NewUser<'_>) -> Result<User, DbErro
 
 /// The user with `id`, if any (the `async` variant's query).
 pub async fn get_user(db: &Database, id: i64) -> Result<Option<User>, DbError> {
-    on_async_conn!(db, "user_get", |conn| users::table
-        .find(id)
-        .select(User::as_select())
-        .first(conn)
-        .await
-        .optional())
+    on_async_conn!(db, "user_get", |conn| {
+        let query = users::table.find(id).select(User::as_select()).limit(1);
+        record_async(conn, &query);
+        query.get_result(conn).await.optional()
+    })
 }
 
 /// The user named `username`, if any. Bound, never interpolated: `x' OR '1'='1` is just a
@@ -183,24 +209,21 @@ pub async fn sleep(db: &Database, ms: u64) -> Result<(), DbError> {
     let seconds = ms as f64 / 1000.0;
     let millis = i64::try_from(ms).unwrap_or(i64::MAX);
     match db.pool() {
-        AnyPool::Postgres(pool) => {
-            run_async!(pool, "sleep", |conn| diesel::select(pg_sleep(seconds))
-                .execute(conn)
-                .await
-                .map(drop))
-        }
-        AnyPool::Mysql(pool) => {
-            run_async!(pool, "sleep", |conn| diesel::select(mysql_sleep(seconds))
-                .execute(conn)
-                .await
-                .map(drop))
-        }
-        AnyPool::Sqlite(pool) => run_async!(pool, "sleep", |conn| diesel::select(
-            stallscope_sleep(millis)
-        )
-        .execute(conn)
-        .await
-        .map(drop)),
+        AnyPool::Postgres(pool) => run_async!(pool, "sleep", |conn| {
+            let query = diesel::select(pg_sleep(seconds));
+            record_async(conn, &query);
+            query.execute(conn).await.map(drop)
+        }),
+        AnyPool::Mysql(pool) => run_async!(pool, "sleep", |conn| {
+            let query = diesel::select(mysql_sleep(seconds));
+            record_async(conn, &query);
+            query.execute(conn).await.map(drop)
+        }),
+        AnyPool::Sqlite(pool) => run_async!(pool, "sleep", |conn| {
+            let query = diesel::select(stallscope_sleep(millis));
+            record_async(conn, &query);
+            query.execute(conn).await.map(drop)
+        }),
     }
 }
 
@@ -216,11 +239,14 @@ pub async fn get_user_raw(db: &Database, id: i64) -> Result<Option<User>, DbErro
             "SELECT id, username, email, password_hash, created_at, updated_at FROM users WHERE id = ?"
         }
     };
-    on_async_conn!(db, "user_get_raw", |conn| diesel::sql_query(sql)
-        .bind::<BigInt, _>(id)
-        .get_result::<User>(conn)
-        .await
-        .optional())
+    on_async_conn!(db, "user_get_raw", |conn| {
+        record_statement(sql);
+        diesel::sql_query(sql)
+    }
+    .bind::<BigInt, _>(id)
+    .get_result::<User>(conn)
+    .await
+    .optional())
 }
 
 /// The `raw` variant's database-side delay, as hand-written SQL with a bound duration.
@@ -228,39 +254,47 @@ pub async fn sleep_raw(db: &Database, ms: u64) -> Result<(), DbError> {
     use diesel_async::RunQueryDsl;
     let seconds = ms as f64 / 1000.0;
     let millis = i64::try_from(ms).unwrap_or(i64::MAX);
+    let sql = match db.backend() {
+        super::Backend::Postgres => "SELECT pg_sleep($1)",
+        super::Backend::Mysql => "SELECT SLEEP(?)",
+        super::Backend::Sqlite => "SELECT stallscope_sleep(?)",
+    };
     match db.pool() {
-        AnyPool::Postgres(pool) => run_async!(pool, "sleep_raw", |conn| diesel::sql_query(
-            "SELECT pg_sleep($1)"
-        )
-        .bind::<Double, _>(seconds)
-        .execute(conn)
-        .await
-        .map(drop)),
-        AnyPool::Mysql(pool) => run_async!(pool, "sleep_raw", |conn| diesel::sql_query(
-            "SELECT SLEEP(?)"
-        )
-        .bind::<Double, _>(seconds)
-        .execute(conn)
-        .await
-        .map(drop)),
-        AnyPool::Sqlite(pool) => run_async!(pool, "sleep_raw", |conn| diesel::sql_query(
-            "SELECT stallscope_sleep(?)"
-        )
-        .bind::<BigInt, _>(millis)
-        .execute(conn)
-        .await
-        .map(drop)),
+        AnyPool::Postgres(pool) => run_async!(pool, "sleep_raw", |conn| {
+            record_statement(sql);
+            diesel::sql_query(sql)
+                .bind::<Double, _>(seconds)
+                .execute(conn)
+                .await
+                .map(drop)
+        }),
+        AnyPool::Mysql(pool) => run_async!(pool, "sleep_raw", |conn| {
+            record_statement(sql);
+            diesel::sql_query(sql)
+                .bind::<Double, _>(seconds)
+                .execute(conn)
+                .await
+                .map(drop)
+        }),
+        AnyPool::Sqlite(pool) => run_async!(pool, "sleep_raw", |conn| {
+            record_statement(sql);
+            diesel::sql_query(sql)
+                .bind::<BigInt, _>(millis)
+                .execute(conn)
+                .await
+                .map(drop)
+        }),
     }
 }
 
 /// [`get_user`] on a **sync** connection: the same query builder code, but `first()` blocks
 /// the calling thread for the checkout and the whole round trip.
 pub fn get_user_sync(db: &Database, id: i64) -> Result<Option<User>, DbError> {
-    on_sync_conn!(db, "user_get", |conn| users::table
-        .find(id)
-        .select(User::as_select())
-        .first(conn)
-        .optional())
+    on_sync_conn!(db, "user_get", |conn| {
+        let query = users::table.find(id).select(User::as_select()).limit(1);
+        record_sync(conn, &query);
+        query.get_result(conn).optional()
+    })
 }
 
 /// [`sleep`] on a **sync** connection: the calling thread waits out the whole delay.
@@ -269,20 +303,20 @@ pub fn sleep_sync(db: &Database, ms: u64) -> Result<(), DbError> {
     let seconds = ms as f64 / 1000.0;
     let millis = i64::try_from(ms).unwrap_or(i64::MAX);
     match db.sync_pool() {
-        AnySyncPool::Postgres(pool) => {
-            run_sync!(pool, "sleep", |conn| diesel::select(pg_sleep(seconds))
-                .execute(conn)
-                .map(drop))
-        }
-        AnySyncPool::Mysql(pool) => {
-            run_sync!(pool, "sleep", |conn| diesel::select(mysql_sleep(seconds))
-                .execute(conn)
-                .map(drop))
-        }
-        AnySyncPool::Sqlite(pool) => run_sync!(pool, "sleep", |conn| diesel::select(
-            stallscope_sleep(millis)
-        )
-        .execute(conn)
-        .map(drop)),
+        AnySyncPool::Postgres(pool) => run_sync!(pool, "sleep", |conn| {
+            let query = diesel::select(pg_sleep(seconds));
+            record_sync(conn, &query);
+            query.execute(conn).map(drop)
+        }),
+        AnySyncPool::Mysql(pool) => run_sync!(pool, "sleep", |conn| {
+            let query = diesel::select(mysql_sleep(seconds));
+            record_sync(conn, &query);
+            query.execute(conn).map(drop)
+        }),
+        AnySyncPool::Sqlite(pool) => run_sync!(pool, "sleep", |conn| {
+            let query = diesel::select(stallscope_sleep(millis));
+            record_sync(conn, &query);
+            query.execute(conn).map(drop)
+        }),
     }
 }
