@@ -113,9 +113,6 @@ where
             &telemetry.tasks,
             &telemetry.watchdog,
         );
-        if cfg!(feature = "overhead-floor") {
-            return floor(self.inner.call(request), instruments, started);
-        }
         let Begun {
             context,
             span,
@@ -136,42 +133,6 @@ where
             started,
             finish: Some((in_flight, request_id)),
         }
-    }
-}
-
-/// The overhead benchmark's floor (built with `--features overhead-floor`, run by
-/// `bench/overhead.sh`): of the route layer, only what the issue asks of every request that
-/// nothing could replace — the route's labels resolved and the handler's future instrumented
-/// with its variant's task monitor, inside the layer's own future types. No request context
-/// or ids, no HTTP metrics, no watchdog tag, no response headers; the task-poll hooks, the
-/// watchdog and the canary run as usual. It answers what the target (≥ 0.95 × bare) leaves
-/// for everything else: docs/benchmarks.md.
-fn floor<F: Future>(
-    handler: F,
-    instruments: &'static RouteInstruments,
-    started: Stamp,
-) -> ObservedResponse<F> {
-    static CONTEXT: std::sync::LazyLock<Arc<RequestContext>> = std::sync::LazyLock::new(|| {
-        Arc::new(RequestContext {
-            route: UNMATCHED_ROUTE,
-            variant: NO_VARIANT,
-            method: "GET",
-            path: InlineText::truncated(""),
-            request_id: InlineText::truncated(""),
-            ids: SpanIds::for_request(None, None),
-            trace_state: None,
-            on_stall: None,
-        })
-    });
-    let handler = InRequest::new(handler, Arc::clone(&CONTEXT), None);
-    ObservedResponse {
-        inner: instruments
-            .monitor
-            .instrument(Measured::new(handler, false)),
-        span: None,
-        context: Arc::clone(&CONTEXT),
-        started,
-        finish: None,
     }
 }
 
@@ -758,41 +719,6 @@ mod tests {
             Some(0.0),
             "and not after"
         );
-    }
-
-    /// The benchmark's floor must still do what it stands for: the handler runs and its
-    /// variant's task monitor counts it; nothing else is added to the response.
-    #[tokio::test]
-    async fn the_overhead_floor_keeps_the_task_monitor_only() {
-        const ROUTE: &str = "/test/floor";
-        let telemetry = Telemetry::new(&crate::config::ServeArgs::defaults().telemetry);
-        let instruments = telemetry.http.get(
-            RouteKey {
-                route: ROUTE,
-                variant: NO_VARIANT,
-                method: "GET",
-            },
-            &telemetry.tasks,
-            &telemetry.watchdog,
-        );
-        let handler = async {
-            tokio::task::yield_now().await;
-            Ok::<_, Infallible>(Response::new(axum::body::Body::from("floor")))
-        };
-        let Ok(response) = floor(handler, instruments, Stamp::now()).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        assert!(response.headers().is_empty(), "{:?}", response.headers());
-        let polls = format!("stallscope_task_polls_total{{route=\"{ROUTE}\",variant=\"none\"}} 2");
-        let rendered = telemetry.render();
-        assert!(rendered.contains(&polls), "{rendered}");
-        let requests_counted: f64 = route_samples(
-            &telemetry,
-            "http_server_request_duration_seconds_count",
-            ROUTE,
-        )
-        .iter()
-        .sum();
-        assert_eq!(requests_counted, 0.0, "no HTTP metrics on the floor");
     }
 
     #[test]
