@@ -18,8 +18,8 @@ const STALL: Duration = Duration::from_millis(200);
 
 fn main() -> anyhow::Result<()> {
     let defaults = ServeArgs::defaults();
-    let threshold = defaults.telemetry.stall_threshold();
-    let scan = defaults.telemetry.watchdog_scan_interval();
+    let settings = defaults.telemetry.settings();
+    let (threshold, scan) = (settings.stall_threshold, settings.watchdog_scan_interval);
     let watchdog = Watchdog::new(threshold);
     let mut runtime_args = defaults.runtime;
     runtime_args.workers = Some(1);

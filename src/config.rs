@@ -233,17 +233,17 @@ pub struct TelemetryArgs {
 }
 
 impl TelemetryArgs {
-    pub fn stall_threshold(&self) -> Duration {
-        Duration::from_millis(self.stall_threshold_ms)
-    }
-    pub fn watchdog_scan_interval(&self) -> Duration {
-        Duration::from_millis(self.watchdog_scan_ms)
-    }
-    pub fn slow_poll_threshold(&self) -> Duration {
-        Duration::from_micros(self.slow_poll_threshold_us)
-    }
-    pub fn canary_interval(&self) -> Duration {
-        Duration::from_millis(self.canary_interval_ms)
+    /// The telemetry crate's settings from these flags; what only the app knows (its routes'
+    /// variants, its histograms) is added by [`crate::telemetry_settings`].
+    pub fn settings(&self) -> stallscope_telemetry::Settings {
+        stallscope_telemetry::Settings {
+            stall_threshold: Duration::from_millis(self.stall_threshold_ms),
+            watchdog_scan_interval: Duration::from_millis(self.watchdog_scan_ms),
+            slow_poll_threshold: Duration::from_micros(self.slow_poll_threshold_us),
+            canary_interval: Duration::from_millis(self.canary_interval_ms),
+            enabled: !self.no_instrumentation,
+            ..stallscope_telemetry::Settings::default()
+        }
     }
 }
 

@@ -15,14 +15,26 @@ pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod state;
-pub mod telemetry;
 pub mod upstream;
 
 use axum::Router;
+
+/// The telemetry crate, under the name the app's modules have always used for it.
+pub use stallscope_telemetry as telemetry;
 
 pub use state::AppState;
 
 /// The whole HTTP application for `state`.
 pub fn app(state: AppState) -> Router {
     routes::router(state)
+}
+
+/// The telemetry settings for `args`, with the lessons' variant labels and the database's
+/// histogram buckets.
+pub fn telemetry_settings(args: &config::TelemetryArgs) -> telemetry::Settings {
+    telemetry::Settings {
+        variants: routes::route_variants(),
+        histogram_buckets: db::metric_names::HISTOGRAM_BUCKETS.to_vec(),
+        ..args.settings()
+    }
 }

@@ -37,10 +37,7 @@ pub fn build(args: &RuntimeArgs, watchdog: Option<&Arc<Watchdog>>) -> io::Result
         .enable_metrics_poll_time_histogram()
         .metrics_poll_time_histogram_configuration(poll_histogram(args));
     if let Some(watchdog) = watchdog {
-        let (before, after) = (Arc::clone(watchdog), Arc::clone(watchdog));
-        builder
-            .on_before_task_poll(move |meta| before.before_poll(meta))
-            .on_after_task_poll(move |_| after.after_poll());
+        watchdog.install_hooks(&mut builder);
     }
     builder.build()
 }
@@ -58,10 +55,4 @@ fn poll_histogram(args: &RuntimeArgs) -> HistogramConfiguration {
     )
 }
 
-/// The name of the thread running right now (`"unnamed"` for anonymous threads).
-pub fn current_thread_name() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or("unnamed")
-        .to_owned()
-}
+pub use crate::telemetry::watchdog::current_thread_name;

@@ -38,7 +38,7 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
             url
         }
     };
-    let telemetry = Telemetry::new(&args.telemetry);
+    let telemetry = Telemetry::new(crate::telemetry_settings(&args.telemetry));
     if let Some(bind) = args.telemetry.metrics_bind {
         let admin = BackgroundServer::start(
             "metrics-admin",
@@ -119,12 +119,18 @@ pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<Stopped> {
         deadline,
         Arc::clone(&in_flight),
     )?;
-    runtime.spawn(async move {
-        let served = serve(listener, state, shutdown)
-            .await
-            .context("the server failed");
-        let _ = events.send(Event::Served(served));
-    });
+    // The accept loop runs on a thread of its own, as `block_on` runs a future, not as a
+    // task on a worker: spawned on a worker, it sat behind a stalled poll there, and a second
+    // worker parked away from the I/O driver never took it over.
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("stallscope-accept".into())
+        .spawn(move || {
+            let served = handle
+                .block_on(serve(listener, state, shutdown))
+                .context("the server failed");
+            let _ = events.send(Event::Served(served));
+        })?;
     // This thread keeps the time: the runtime's own timers stop when its workers stall.
     let signalled = match received.recv() {
         Ok(Event::Signal(at)) => at,

@@ -62,7 +62,9 @@ fn app_with_limits(limits: LimitArgs, upstream_url: &str, timeout: Duration) -> 
         upstream_url.to_owned(),
         timeout,
         CancellationToken::new(),
-        Telemetry::new(&ServeArgs::defaults().telemetry),
+        Telemetry::new(stallscope::telemetry_settings(
+            &ServeArgs::defaults().telemetry,
+        )),
         db,
     )
     .expect("state");
@@ -354,7 +356,9 @@ async fn readyz_fails_once_shutdown_begins() {
         "http://127.0.0.1:9".into(),
         Duration::from_secs(1),
         shutdown.clone(),
-        Telemetry::new(&ServeArgs::defaults().telemetry),
+        Telemetry::new(stallscope::telemetry_settings(
+            &ServeArgs::defaults().telemetry,
+        )),
         db,
     )
     .expect("state");

@@ -3,6 +3,7 @@
 //! (diesel). [`queries`] holds every query, written once for all three backends.
 
 mod backend;
+pub mod metric_names;
 pub mod models;
 pub mod password;
 pub mod pool;
@@ -164,6 +165,7 @@ impl Database {
     /// pools (they connect lazily). Blocking: call it before the runtime starts, or on the
     /// blocking pool.
     pub fn open(args: &DatabaseArgs) -> Result<Self, OpenError> {
+        metric_names::describe();
         let (backend, url) = Backend::from_url(&args.database_url)?;
         let size = args.db_pool_size;
         let timeout = args.acquire_timeout();

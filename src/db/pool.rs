@@ -25,11 +25,11 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::sync_connection_wrapper::SpawnBlocking;
 use futures::future::BoxFuture;
 
-use super::{Backend, DbError};
-use crate::blocking::run_blocking;
-use crate::telemetry::metric_names::{
+use super::metric_names::{
     DB_POOL_ACQUIRE_WAIT, DB_POOL_CONNECTIONS, DB_POOL_MAX_CONNECTIONS, DB_QUERY_DURATION,
 };
+use super::{Backend, DbError};
+use crate::blocking::run_blocking;
 
 /// Which of the two pools a figure belongs to (a metric label).
 #[derive(Debug, Clone, Copy)]

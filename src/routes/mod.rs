@@ -23,7 +23,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::telemetry::{Telemetry, route_layer};
+use crate::telemetry::{RouteVariants, Telemetry, route_layer};
 
 /// Route templates of the lessons, as they appear in metrics and spans.
 pub const SLEEP_ROUTE: &str = "/sleep/{variant}";
@@ -32,15 +32,14 @@ pub const UPSTREAM_ROUTE: &str = "/upstream/{variant}";
 pub const DB_USER_ROUTE: &str = "/db/{variant}/users/{id}";
 pub const DB_SLEEP_ROUTE: &str = "/db/{variant}/sleep";
 
-/// The variant names of a lesson route template, for bounded metric labels.
-pub fn variants_of(route: &str) -> Option<&'static [&'static str]> {
-    match route {
-        SLEEP_ROUTE => Some(sleep::SleepVariant::NAMES),
-        CPU_ROUTE => Some(cpu::CpuVariant::NAMES),
-        UPSTREAM_ROUTE => Some(upstream::UpstreamVariant::NAMES),
-        DB_USER_ROUTE | DB_SLEEP_ROUTE => Some(db::DbVariant::NAMES),
-        _ => None,
-    }
+/// The lesson routes' `{variant}` segments, as the telemetry's bounded `variant` label.
+pub fn route_variants() -> RouteVariants {
+    RouteVariants::default()
+        .declare(SLEEP_ROUTE, "variant", sleep::SleepVariant::NAMES)
+        .declare(CPU_ROUTE, "variant", cpu::CpuVariant::NAMES)
+        .declare(UPSTREAM_ROUTE, "variant", upstream::UpstreamVariant::NAMES)
+        .declare(DB_USER_ROUTE, "variant", db::DbVariant::NAMES)
+        .declare(DB_SLEEP_ROUTE, "variant", db::DbVariant::NAMES)
 }
 
 /// All routes, with `state` applied, each handler behind the telemetry route layer.

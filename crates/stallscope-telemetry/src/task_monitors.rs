@@ -133,7 +133,7 @@ impl TaskMonitors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::shards::tests::shards_taken_by;
+    use crate::shards::tests::shards_taken_by;
 
     /// Futures instrumented on several threads land in several shards; the sum is what one
     /// monitor would have counted, slow polls included.

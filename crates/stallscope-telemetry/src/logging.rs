@@ -733,7 +733,7 @@ mod tests {
              http.route=\"/sleep/{variant}\" url.path=\"/sleep/blocking\" \
              stallscope.variant=\"blocking\" stallscope.request_id=\"req-0000002a\" \
              trace_id=4bf92f3577b34da6a3ce929d0e0e4736}: \
-             stallscope::telemetry::logging::tests: hello\n"
+             stallscope_telemetry::logging::tests: hello\n"
         );
     }
 
@@ -749,14 +749,13 @@ mod tests {
             .body(Body::empty())
             .expect("request");
         let scenario = || {
-            let crate::telemetry::route_layer::Begun { context, span, .. } =
-                crate::telemetry::route_layer::begin_request(
-                    &request,
-                    "GET /sleep/{variant}",
-                    "/sleep/{variant}",
-                    "blocking",
-                    "GET",
-                );
+            let crate::route_layer::Begun { context, span, .. } = crate::route_layer::begin_request(
+                &request,
+                "GET /sleep/{variant}",
+                "/sleep/{variant}",
+                "blocking",
+                "GET",
+            );
             let _in_request = request_context::enter(Some(Arc::clone(&context)));
             let _span = span.as_ref().map(tracing::Span::enter);
             tracing::info!(exported = span.is_some(), "hello");

@@ -1,7 +1,34 @@
-//! Everything that observes the service, in one cross-cutting place: logs, the metrics
-//! recorder, per-variant task monitors, runtime figures, the executor-lag canary and the
-//! stall watchdog. Handlers are never instrumented by hand; the route layer does it.
+//! Name the route that blocks a Tokio worker *while it blocks*, in any axum service.
+//!
+//! Everything that observes a service, in one cross-cutting place: logs, the metrics
+//! recorder, per-route (and per-variant) task monitors, runtime figures, the executor-lag
+//! canary and the stall watchdog. Handlers are never instrumented by hand; the route layer
+//! does it. The crate knows nothing of the app it observes: routes are labelled by their
+//! `MatchedPath`, and an app may declare one bounded path parameter per route as the
+//! `variant` label ([`RouteVariants`]).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use axum::{Router, routing::get};
+//! use stallscope_telemetry::{Settings, Telemetry, route_layer::ObserveLayer};
+//!
+//! let telemetry = Telemetry::new(Settings::default());
+//! // The runtime's task-poll hooks feed the watchdog.
+//! let mut builder = tokio::runtime::Builder::new_multi_thread();
+//! telemetry.install_hooks(&mut builder);
+//! let runtime = builder.enable_all().build()?;
+//! runtime.block_on(async {
+//!     telemetry.start()?;
+//!     let app = Router::new()
+//!         .route("/slow", get(|| async { std::thread::sleep(std::time::Duration::from_millis(300)) }))
+//!         .layer(ObserveLayer::new(Arc::clone(&telemetry)));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//!     axum::serve(listener, app).await
+//! })?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
+pub mod blocking;
 pub mod canary;
 pub mod clock;
 pub mod cpu_wait;
@@ -15,6 +42,7 @@ pub mod otlp;
 pub mod poll_stats;
 pub mod request_context;
 pub mod route_layer;
+mod settings;
 pub mod shards;
 pub mod stall_log;
 pub mod task_monitors;
@@ -27,8 +55,9 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::runtime::Handle;
 
-use crate::config::TelemetryArgs;
 use exposition::Exposition;
+pub use route_layer::RouteVariants;
+pub use settings::Settings;
 use task_monitors::TaskMonitors;
 use watchdog::Watchdog;
 
@@ -44,20 +73,20 @@ pub struct Telemetry {
     lag_max: Arc<canary::LagMax>,
     /// The service runtime, known once it runs; `/metrics` reads its figures from any thread.
     runtime: OnceLock<Handle>,
-    settings: TelemetryArgs,
+    settings: Settings,
 }
 
 impl Telemetry {
-    pub fn new(settings: &TelemetryArgs) -> Arc<Self> {
+    pub fn new(settings: Settings) -> Arc<Self> {
         Arc::new(Self {
-            prometheus: prometheus_handle(),
-            tasks: TaskMonitors::new(settings.slow_poll_threshold()),
+            prometheus: prometheus_handle(&settings.histogram_buckets),
+            tasks: TaskMonitors::new(settings.slow_poll_threshold),
             http: http_metrics::HttpMetrics::default(),
-            watchdog: Watchdog::new(settings.stall_threshold()),
+            watchdog: Watchdog::new(settings.stall_threshold),
             in_flight: Arc::default(),
             lag_max: Arc::default(),
             runtime: OnceLock::new(),
-            settings: settings.clone(),
+            settings,
         })
     }
 
@@ -69,7 +98,7 @@ impl Telemetry {
         if !self.enabled() {
             return Ok(());
         }
-        canary::spawn(self.settings.canary_interval(), Arc::clone(&self.lag_max))?;
+        canary::spawn(self.settings.canary_interval, Arc::clone(&self.lag_max))?;
         let prometheus = self.prometheus.clone();
         tokio::task::Builder::new()
             .name("metrics-upkeep")
@@ -81,12 +110,25 @@ impl Telemetry {
                 }
             })?;
         self.watchdog
-            .spawn_scanner(self.settings.watchdog_scan_interval())
+            .spawn_scanner(self.settings.watchdog_scan_interval)
+    }
+
+    /// The routes' declared `variant` labels.
+    pub fn variants(&self) -> &RouteVariants {
+        &self.settings.variants
     }
 
     /// False with `--no-instrumentation` (the bare-router benchmark).
     pub fn enabled(&self) -> bool {
-        !self.settings.no_instrumentation
+        self.settings.enabled
+    }
+
+    /// Installs the task-poll hooks that feed the watchdog on `builder` (unless
+    /// instrumentation is off). Needs `--cfg tokio_unstable`.
+    pub fn install_hooks(&self, builder: &mut tokio::runtime::Builder) {
+        if let Some(watchdog) = self.watchdog() {
+            watchdog.install_hooks(builder);
+        }
     }
 
     /// The watchdog whose hooks the runtime should install, unless instrumentation is off.
@@ -122,7 +164,7 @@ impl Drop for Telemetry {
 
 /// The process-wide `metrics` recorder, installed on first use. Histograms get explicit
 /// buckets (never summaries), so Prometheus can aggregate and compute quantiles itself.
-fn prometheus_handle() -> PrometheusHandle {
+fn prometheus_handle(app_buckets: &[(&'static str, &'static [f64])]) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -133,12 +175,9 @@ fn prometheus_handle() -> PrometheusHandle {
                 (BLOCKING_RUN, REQUEST_BUCKETS),
                 (EXECUTOR_LAG, LAG_BUCKETS),
                 (BLOCKING_QUEUE_WAIT, LAG_BUCKETS),
-                // Pool waits and queries are healthy well under a millisecond too, and the
-                // lesson's deliberate database sleeps still land below the 10 s bucket.
-                (DB_POOL_ACQUIRE_WAIT, LAG_BUCKETS),
-                (DB_QUERY_DURATION, LAG_BUCKETS),
             ]
             .into_iter()
+            .chain(app_buckets.iter().copied())
             .fold(builder, |builder, (name, buckets)| {
                 builder
                     .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)

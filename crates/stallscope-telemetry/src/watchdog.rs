@@ -207,7 +207,7 @@ impl Watchdog {
             let mut cell = cell.borrow_mut();
             let slot = cell.get_or_insert_with(|| {
                 let slot = Arc::new(Slot {
-                    worker: crate::runtime::current_thread_name(),
+                    worker: current_thread_name(),
                     thread: std::thread::current().id(),
                     seq: AtomicU64::new(0),
                     started_ns: AtomicU64::new(0),
@@ -529,4 +529,23 @@ fn describe_location(ptr: *mut Location<'static>) -> String {
     // locations are never freed.
     let location: &'static Location<'static> = unsafe { &*ptr };
     format!("{}:{}", location.file(), location.line())
+}
+
+/// The name of the thread running right now (`"unnamed"` for anonymous threads).
+pub fn current_thread_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_owned()
+}
+
+impl Watchdog {
+    /// Installs the task-poll hooks that tell this watchdog which task each worker is
+    /// polling. Needs `--cfg tokio_unstable`.
+    pub fn install_hooks(self: &Arc<Self>, builder: &mut tokio::runtime::Builder) {
+        let (before, after) = (Arc::clone(self), Arc::clone(self));
+        builder
+            .on_before_task_poll(move |meta| before.before_poll(meta))
+            .on_after_task_poll(move |_| after.after_poll());
+    }
 }

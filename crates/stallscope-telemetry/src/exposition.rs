@@ -406,10 +406,8 @@ mod tests {
     /// cumulative buckets, `_OTHER` for statuses past the bounded set.
     #[test]
     fn http_figures_render_as_cumulative_histograms() {
-        use crate::telemetry::http_metrics::{
-            HistogramFigures, OTHER_STATUS, RouteFigures, RouteKey,
-        };
-        use crate::telemetry::metric_names::REQUEST_BUCKETS;
+        use crate::http_metrics::{HistogramFigures, OTHER_STATUS, RouteFigures, RouteKey};
+        use crate::metric_names::REQUEST_BUCKETS;
         let mut buckets = [0; REQUEST_BUCKETS.len() + 1];
         buckets[0] = 2; // le="0.001"
         buckets[2] = 1; // le="0.005"

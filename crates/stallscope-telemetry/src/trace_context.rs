@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn without_an_otel_layer_outgoing_calls_carry_the_requests_trace() {
-        use crate::telemetry::request_context;
+        use crate::request_context;
         without_an_otel_layer(|| {
             let request = request_context::tests::sample("req-1");
             let ids = request.ids;

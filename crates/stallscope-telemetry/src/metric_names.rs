@@ -19,10 +19,6 @@ pub const BLOCKING_IN_FLIGHT: &str = "stallscope_blocking_in_flight";
 
 pub const OTEL_SPANS_EXPORTED: &str = "stallscope_otel_spans_exported_total";
 pub const OTEL_SPANS_DROPPED: &str = "stallscope_otel_spans_dropped_total";
-pub const DB_POOL_CONNECTIONS: &str = "stallscope_db_pool_connections";
-pub const DB_POOL_MAX_CONNECTIONS: &str = "stallscope_db_pool_max_connections";
-pub const DB_POOL_ACQUIRE_WAIT: &str = "stallscope_db_pool_acquire_wait_seconds";
-pub const DB_QUERY_DURATION: &str = "stallscope_db_query_duration_seconds";
 
 /// Buckets for request-scale durations (1 ms … 30 s).
 pub const REQUEST_BUCKETS: &[f64] = &[
@@ -87,23 +83,5 @@ pub(crate) fn describe() {
     describe_gauge!(
         BLOCKING_IN_FLIGHT,
         "Blocking-pool jobs submitted and not finished (queued or running), by call site."
-    );
-    describe_gauge!(
-        DB_POOL_CONNECTIONS,
-        "Open database connections by backend, pool (async: diesel-async, sync: diesel) and state (in_use, idle)."
-    );
-    describe_gauge!(
-        DB_POOL_MAX_CONNECTIONS,
-        "Most connections the pool may open (--db-pool-size), by backend and pool."
-    );
-    describe_histogram!(
-        DB_POOL_ACQUIRE_WAIT,
-        Unit::Seconds,
-        "Time spent waiting to check a connection out of the pool (connecting included), by backend and pool."
-    );
-    describe_histogram!(
-        DB_QUERY_DURATION,
-        Unit::Seconds,
-        "Time from sending a query to having its result (checkout excluded), by backend and operation."
     );
 }

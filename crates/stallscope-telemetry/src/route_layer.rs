@@ -4,7 +4,7 @@
 //! metrics of the OpenTelemetry semantic conventions. Handlers know nothing of it.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -48,8 +48,8 @@ pub const NO_VARIANT: &str = "none";
 pub const INVALID_VARIANT: &str = "invalid";
 
 /// The route layer, as a tower [`Layer`]: the service wraps each handler in it through
-/// [`crate::routes::Observed`] (`Handler::layer`); a router can take it as a whole too
-/// (`Router::layer`, as the tests do).
+/// `Handler::layer`, or a router takes it as a whole (`Router::layer`); requests are labelled
+/// by their `MatchedPath` either way.
 ///
 /// Hand-written rather than `axum::middleware::from_fn`, which boxes every request's future
 /// and clones the inner service per request: on a zero-work endpoint those two allocations
@@ -101,7 +101,7 @@ where
             .extensions()
             .get::<MatchedPath>()
             .map_or(UNMATCHED_ROUTE, |m| intern(m.as_str()));
-        let variant = variant_label(route, request.uri().path());
+        let variant = self.telemetry.variants().label(route, request.uri().path());
         let method = method_label(request.method());
         let telemetry = &self.telemetry;
         let instruments = telemetry.http.get(
@@ -510,51 +510,74 @@ pub fn span_name(method: &str, route: &str) -> String {
 }
 
 /// Route templates as `&'static str`: there are as many as the router has routes, so each
-/// is leaked once and reused.
+/// is leaked once and reused. Each thread remembers the ones it has seen, so a request takes
+/// no lock.
 fn intern(template: &str) -> &'static str {
-    // The routes every request goes through, without taking the lock below.
-    const FREQUENT: &[&str] = &[
-        crate::routes::SLEEP_ROUTE,
-        crate::routes::CPU_ROUTE,
-        crate::routes::UPSTREAM_ROUTE,
-        crate::routes::DB_SLEEP_ROUTE,
-        crate::routes::DB_USER_ROUTE,
-        "/hello",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/users",
-        "/users/{id}",
-        "/login",
-    ];
-    if let Some(&known) = FREQUENT.iter().find(|&&known| known == template) {
+    thread_local! {
+        static SEEN: std::cell::RefCell<HashSet<&'static str>> = Default::default();
+    }
+    if let Some(known) = SEEN.with_borrow(|seen| seen.get(template).copied()) {
         return known;
     }
     static TEMPLATES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
-    let mut templates = TEMPLATES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let templates = templates.get_or_insert_with(HashSet::new);
-    if let Some(&known) = templates.get(template) {
-        return known;
-    }
-    let leaked: &'static str = Box::leak(template.to_owned().into_boxed_str());
-    templates.insert(leaked);
-    leaked
+    let interned = {
+        let mut templates = TEMPLATES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let templates = templates.get_or_insert_with(HashSet::new);
+        match templates.get(template) {
+            Some(&known) => known,
+            None => {
+                let leaked: &'static str = Box::leak(template.to_owned().into_boxed_str());
+                templates.insert(leaked);
+                leaked
+            }
+        }
+    };
+    SEEN.with_borrow_mut(|seen| seen.insert(interned));
+    interned
 }
 
-/// The `{variant}` segment of a lesson route, if it names one of the lesson's variants.
-fn variant_label(route: &str, path: &str) -> &'static str {
-    let Some(names) = crate::routes::variants_of(route) else {
-        return NO_VARIANT;
-    };
-    let Some(position) = route.split('/').position(|s| s == "{variant}") else {
-        return NO_VARIANT;
-    };
-    path.split('/')
-        .nth(position)
-        .and_then(|given| names.iter().copied().find(|name| *name == given))
-        .unwrap_or(INVALID_VARIANT)
+/// The routes whose metrics carry a `variant` label, and its values: one path parameter per
+/// route, declared by the app, bounded to the values it lists (anything else is `invalid`;
+/// routes not declared are `none`).
+#[derive(Clone, Default)]
+pub struct RouteVariants {
+    /// Route template → (which `/`-separated segment holds the parameter, its values).
+    routes: HashMap<&'static str, (usize, &'static [&'static str])>,
+}
+
+impl RouteVariants {
+    /// Labels `route`'s requests by its `{parameter}` segment, one of `values`.
+    ///
+    /// # Panics
+    /// If `route` has no `{parameter}` segment: a programming error, found at start-up.
+    #[must_use]
+    pub fn declare(
+        mut self,
+        route: &'static str,
+        parameter: &str,
+        values: &'static [&'static str],
+    ) -> Self {
+        let placeholder = format!("{{{parameter}}}");
+        let position = route
+            .split('/')
+            .position(|segment| segment == placeholder)
+            .unwrap_or_else(|| panic!("route {route} has no {placeholder} segment"));
+        self.routes.insert(route, (position, values));
+        self
+    }
+
+    /// The `variant` label of a request to `route` at `path`.
+    pub fn label(&self, route: &str, path: &str) -> &'static str {
+        let Some(&(position, values)) = self.routes.get(route) else {
+            return NO_VARIANT;
+        };
+        path.split('/')
+            .nth(position)
+            .and_then(|given| values.iter().copied().find(|value| *value == given))
+            .unwrap_or(INVALID_VARIANT)
+    }
 }
 
 /// Known methods by name, anything else `_OTHER` (OpenTelemetry's rule, bounded labels).
@@ -641,16 +664,23 @@ mod tests {
 
     #[test]
     fn variant_labels_are_bounded() {
+        let variants = RouteVariants::default()
+            .declare("/sleep/{variant}", "variant", &["async", "blocking"])
+            .declare("/db/{variant}/users/{id}", "variant", &["async"]);
         assert_eq!(
-            variant_label("/sleep/{variant}", "/sleep/blocking"),
+            variants.label("/sleep/{variant}", "/sleep/blocking"),
             "blocking"
         );
         assert_eq!(
-            variant_label("/sleep/{variant}", "/sleep/x1234"),
+            variants.label("/sleep/{variant}", "/sleep/x1234"),
             INVALID_VARIANT
         );
-        assert_eq!(variant_label("/hello", "/hello"), NO_VARIANT);
-        assert_eq!(variant_label(UNMATCHED_ROUTE, "/a/b/c"), NO_VARIANT);
+        assert_eq!(
+            variants.label("/db/{variant}/users/{id}", "/db/async/users/7"),
+            "async"
+        );
+        assert_eq!(variants.label("/hello", "/hello"), NO_VARIANT);
+        assert_eq!(variants.label(UNMATCHED_ROUTE, "/a/b/c"), NO_VARIANT);
     }
 
     #[test]
@@ -688,7 +718,7 @@ mod tests {
         use std::time::Duration;
         use tower::ServiceExt;
         const ROUTE: &str = "/test/dropped-midway";
-        let telemetry = Telemetry::new(&crate::config::ServeArgs::defaults().telemetry);
+        let telemetry = Telemetry::new(crate::Settings::default());
         let app = axum::Router::new()
             .route(
                 ROUTE,
