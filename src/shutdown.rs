@@ -76,7 +76,18 @@ pub fn spawn_signal_thread(
     std::thread::Builder::new()
         .name("shutdown-signals".into())
         .spawn(move || {
-            runtime.block_on(crate::server::wait_for_signal());
+            // A named task, so tokio-console shows what this thread waits for.
+            runtime.block_on(async {
+                match tokio::task::Builder::new()
+                    .name("signal-listener")
+                    .spawn(crate::server::wait_for_signal())
+                {
+                    Ok(listener) => {
+                        let _ = listener.await;
+                    }
+                    Err(_) => crate::server::wait_for_signal().await,
+                }
+            });
             let signalled = Instant::now();
             tracing::info!(
                 deadline_ms = deadline.total.as_millis(),
