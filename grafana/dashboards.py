@@ -115,6 +115,14 @@ def quantile(q, bucket_rule, by, sel):
     return f"histogram_quantile({q}, sum by ({by}) ({bucket_rule}{{{sel}}}))"
 
 
+def latency_by_variant(http_sel):
+    """p50 and p99 of each variant's request duration: the (query, legend) pairs of a panel."""
+    return [
+        (quantile(q, HTTP_BUCKETS, "variant", http_sel), f"p{round(q * 100)} {{{{variant}}}}")
+        for q in (0.5, 0.99)
+    ]
+
+
 def explore_traces(tags, min_duration):
     """A Grafana Explore URL searching Jaeger for this dashboard's time range.
 
@@ -501,10 +509,7 @@ def handler_variants():
             "worker), not the wait to be read at all, which only executor lag and the client "
             "see (k6 prints it per variant). A p99 far above every variant's mean is requests "
             "queuing behind a stalling variant. Click for the slowest traces of this route.",
-            [
-                (quantile(0.5, HTTP_BUCKETS, "variant", http_sel), "p50 {{variant}}"),
-                (quantile(0.99, HTTP_BUCKETS, "variant", http_sel), "p99 {{variant}}"),
-            ],
+            latency_by_variant(http_sel),
             "s",
             variants=True,
         ).data_links([trace_link("Slowest traces of " + route, route, "100ms")]))
@@ -574,10 +579,7 @@ def dependencies():
         "are in flight. With the blocking client on a runtime worker, calls queue behind "
         "each other and p99 grows with concurrency. Click for the slowest traces: the "
         "upstream call's span shows where the time went.",
-        [
-            (quantile(0.5, HTTP_BUCKETS, "variant", http_sel), "p50 {{variant}}"),
-            (quantile(0.99, HTTP_BUCKETS, "variant", http_sel), "p99 {{variant}}"),
-        ],
+        latency_by_variant(http_sel),
         "s",
         variants=True,
     ).data_links([trace_link("Slowest upstream traces", route, "100ms")]))
