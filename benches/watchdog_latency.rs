@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use stallscope::config::ServeArgs;
 use stallscope::telemetry::request_context::{InlineText, RequestContext};
-use stallscope::telemetry::trace_context::SpanIds;
-use stallscope::telemetry::watchdog::{StallReport, Watchdog};
+use stallscope::telemetry::span_ids::SpanIds;
+use stallscope::telemetry::stall_log::StallReport;
+use stallscope::telemetry::watchdog::Watchdog;
 
 const STALLS: usize = 30;
 const STALL: Duration = Duration::from_millis(200);

@@ -7,33 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Parser, Subcommand};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "stallscope",
-    version,
-    about = "Make executor stalls visible: sync and CPU-heavy code inside async handlers, measured",
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-
-    /// `stallscope` with no subcommand is `stallscope serve`.
-    #[command(flatten)]
-    pub serve: ServeArgs,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the HTTP service (the default).
-    Serve(ServeArgs),
-    /// Run the tutorial's concurrent-request lesson and print who got serialised.
-    Experiment(crate::experiment::ExperimentArgs),
-    /// Run only the slow upstream that the `/upstream/*` lessons call.
-    Upstream(UpstreamArgs),
-}
+use clap::{ArgAction, Args, Parser};
 
 /// How the hand-built Tokio runtime is shaped.
 #[derive(Debug, Clone, Args)]
@@ -234,7 +208,7 @@ pub struct TelemetryArgs {
 
 impl TelemetryArgs {
     /// The telemetry crate's settings from these flags; what only the app knows (its routes'
-    /// variants, its histograms) is added by [`crate::telemetry_settings`].
+    /// variants, its histograms) is added by `stallscope::telemetry_settings`.
     pub fn settings(&self) -> stallscope_telemetry::Settings {
         stallscope_telemetry::Settings {
             stall_threshold: Duration::from_millis(self.stall_threshold_ms),

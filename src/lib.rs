@@ -6,6 +6,7 @@
 
 pub mod background;
 pub mod blocking;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;

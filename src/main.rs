@@ -2,7 +2,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use stallscope::config::{Cli, Command};
+use stallscope::cli::{Cli, Command};
+
 use stallscope::telemetry::logging::{self, TracingOptions};
 
 fn main() -> std::process::ExitCode {
@@ -66,7 +67,7 @@ fn run_upstream(bind: std::net::SocketAddr) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(stallscope::server::wait_for_signal());
+    runtime.block_on(stallscope::shutdown::wait_for_signal());
     drop(upstream);
     Ok(())
 }

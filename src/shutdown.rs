@@ -80,12 +80,12 @@ pub fn spawn_signal_thread(
             runtime.block_on(async {
                 match tokio::task::Builder::new()
                     .name("signal-listener")
-                    .spawn(crate::server::wait_for_signal())
+                    .spawn(wait_for_signal())
                 {
                     Ok(listener) => {
                         let _ = listener.await;
                     }
-                    Err(_) => crate::server::wait_for_signal().await,
+                    Err(_) => wait_for_signal().await,
                 }
             });
             let signalled = Instant::now();
@@ -98,7 +98,7 @@ pub fn spawn_signal_thread(
             let exit_by = tokio::time::Instant::from_std(deadline.exit_by(signalled) + BACKSTOP_SLACK);
             let reason = runtime.block_on(async {
                 tokio::select! {
-                    () = crate::server::wait_for_signal() => "a second signal arrived",
+                    () = wait_for_signal() => "a second signal arrived",
                     () = tokio::time::sleep_until(exit_by) => "the shutdown deadline passed",
                 }
             });
@@ -134,6 +134,34 @@ pub fn name_abandoned(in_flight: &InFlightRequests, reason: &str) -> usize {
         tracing::error!("… and {} more", pending.len() - NAMED);
     }
     pending.len()
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
 }
 
 #[cfg(test)]

@@ -514,6 +514,21 @@ async fn openapi_operations_are_unique_and_lessons_run_in_one_click() {
             variant["default"], names[0],
             "{path}: no preselected variant"
         );
+        // The description names the stalling variant the registry declares, and no other.
+        let lesson = stallscope::routes::LESSONS
+            .iter()
+            .find(|l| l.routes.contains(&path))
+            .unwrap_or_else(|| panic!("{path} is no lesson route"));
+        let described = parameter("variant")["description"]
+            .as_str()
+            .unwrap_or_default();
+        for declared in lesson.variants {
+            assert_eq!(
+                described.contains(&format!("`{}` is the stalling one", declared.name)),
+                declared.stalls,
+                "{path}: {described}"
+            );
+        }
         if numeric != "id" {
             let (max, default) = if numeric == "ms" {
                 (MAX_SLEEP_MS, 1_000)

@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 
 use clap::CommandFactory;
 use pulldown_cmark::{Event, LinkType, Options, Parser, Tag, TagEnd};
-use stallscope::config::Cli;
+use stallscope::cli::Cli;
 use stallscope::experiment::{Lesson, Verdict};
 
 /// The repository root: README.md and docs/ live here.
@@ -706,4 +706,94 @@ fn work_report_row_lists_every_lesson() {
         }
     }
     assert_none("work values missing", missing);
+}
+
+/// The quoted strings of `text` (`'…'` or `"…"`), in order.
+fn quoted(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(['\'', '"']) {
+        let quote = &rest[start..=start];
+        let after = &rest[start + 1..];
+        let Some(end) = after.find(quote) else { break };
+        found.push(after[..end].to_owned());
+        rest = &after[end + 1..];
+    }
+    found
+}
+
+/// The lesson registry (`routes::LESSONS`) is what the k6 scripts load and the dashboards
+/// draw: the same routes and variants, and the stalling variants, and only they, in red.
+#[test]
+fn k6_and_dashboards_follow_the_lesson_registry() {
+    use stallscope::routes::LESSONS;
+    let mut problems = Vec::new();
+
+    // load/lib.js: `name: {\n route: '…',\n variants: ['…', …],`
+    let lib = read(&root().join("load/lib.js"));
+    for lesson in LESSONS {
+        let Some(at) = lib.find(&format!("  {}: {{", lesson.name)) else {
+            problems.push(format!("load/lib.js: no lesson {}", lesson.name));
+            continue;
+        };
+        let mut lines = lib[at..].lines().skip(1);
+        let route = lines.next().map(quoted).unwrap_or_default();
+        let variants = lines.next().map(quoted).unwrap_or_default();
+        if route.first().map(String::as_str) != Some(lesson.routes[0]) {
+            problems.push(format!("load/lib.js {}: route {route:?}", lesson.name));
+        }
+        let declared: Vec<&str> = lesson.variants.iter().map(|v| v.name).collect();
+        if variants != declared {
+            problems.push(format!(
+                "load/lib.js {}: variants {variants:?}, declared {declared:?}",
+                lesson.name
+            ));
+        }
+    }
+
+    // grafana/dashboards.py: every lesson route has its row; VARIANT_COLORS names every
+    // variant, red exactly for the stalling ones.
+    let dashboards = read(&root().join("grafana/dashboards.py"));
+    let section = |start: &str| -> Vec<String> {
+        let at = dashboards
+            .find(start)
+            .unwrap_or_else(|| panic!("grafana/dashboards.py: no {start}"));
+        let body = &dashboards[at..];
+        let end = body
+            .find("\n]")
+            .or_else(|| body.find("\n}"))
+            .unwrap_or(body.len());
+        quoted(&body[..end])
+    };
+    let drawn = section("LESSONS = [");
+    for route in LESSONS.iter().flat_map(|l| l.routes) {
+        if !drawn.iter().any(|quoted| quoted == route) {
+            problems.push(format!("grafana/dashboards.py: no row for {route}"));
+        }
+    }
+    let colours: HashMap<String, String> = section("VARIANT_COLORS = {")
+        .chunks(2)
+        .map(|pair| (pair[0].clone(), pair[1].clone()))
+        .collect();
+    for variant in LESSONS.iter().flat_map(|l| l.variants) {
+        let colour = colours.get(variant.name).map(String::as_str);
+        if colour.is_none() || (colour == Some("red")) != variant.stalls {
+            problems.push(format!(
+                "grafana/dashboards.py: {} is {colour:?}, but stalls: {}",
+                variant.name, variant.stalls
+            ));
+        }
+    }
+    for name in colours.keys() {
+        if !LESSONS
+            .iter()
+            .flat_map(|l| l.variants)
+            .any(|v| v.name == name)
+        {
+            problems.push(format!(
+                "grafana/dashboards.py: {name} is no declared variant"
+            ));
+        }
+    }
+    assert_none("lesson registry drift", problems);
 }

@@ -14,8 +14,9 @@ use std::sync::{Arc, mpsc};
 use common::{ServiceProcess, completion_times};
 use stallscope::config::ServeArgs;
 use stallscope::telemetry::request_context::RequestContext;
-use stallscope::telemetry::trace_context::SpanIds;
-use stallscope::telemetry::watchdog::{StallReport, Watchdog};
+use stallscope::telemetry::span_ids::SpanIds;
+use stallscope::telemetry::stall_log::StallReport;
+use stallscope::telemetry::watchdog::Watchdog;
 use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -669,18 +670,7 @@ async fn sigterm_with_a_stalled_worker_exits_by_the_deadline_naming_the_request(
             seen.extend(service.drain_logs().into_iter().map(|(_, l)| l));
         }
     }
-    let pid = service.child.id().expect("running").to_string();
-    let signalled = Instant::now();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(15), service.child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
-    let took = signalled.elapsed();
+    let (status, took) = service.terminate().await;
     assert!(
         took <= Duration::from_millis(deadline_ms + 1_000),
         "exited {took:?} after SIGTERM with a {deadline_ms} ms deadline"
@@ -700,4 +690,36 @@ async fn sigterm_with_a_stalled_worker_exits_by_the_deadline_naming_the_request(
         "held-0 not named:\n{log}"
     );
     held.abort();
+}
+
+/// A second SIGTERM while requests drain: the process exits at once, status 1, naming them.
+#[tokio::test]
+async fn a_second_signal_exits_at_once_naming_the_requests() {
+    let _serial = SERIAL.lock().await;
+    let mut service = ServiceProcess::start(&["--workers", "1"]).await;
+    let pending = tokio::spawn(
+        reqwest::Client::new()
+            .get(format!("{}/sleep/async?ms=9000", service.base_url))
+            .header("x-request-id", "draining-0")
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.sigterm();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, took) = service.terminate().await;
+    assert!(
+        took < Duration::from_secs(1),
+        "took {took:?} after the second signal"
+    );
+    assert!(!status.success(), "{status:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log: Vec<String> = service.drain_logs().into_iter().map(|(_, l)| l).collect();
+    assert!(
+        log.iter().any(|l| l.contains("a second signal arrived"))
+            && log
+                .iter()
+                .any(|l| l.contains("abandoned in flight") && l.contains("draining-0")),
+        "{log:#?}"
+    );
+    pending.abort();
 }

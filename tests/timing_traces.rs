@@ -863,12 +863,7 @@ async fn queued_spans_are_flushed_on_graceful_shutdown() {
             .is_empty(),
         "nothing is exported before the batch delay"
     );
-    let pid = service.child.id().expect("running").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    service.sigterm();
     let spans = collect_until(&mut collector, |s| has_name(s, "GET /sleep/{variant}")).await;
     assert!(
         has_name(&spans, "GET /sleep/{variant}"),
@@ -914,18 +909,7 @@ async fn a_black_hole_collector_cannot_hold_shutdown_past_the_deadline() {
             .status();
         assert_eq!(status, 200);
     }
-    let pid = service.child.id().expect("running").to_string();
-    let signalled = Instant::now();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(15), service.child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
-    let took = signalled.elapsed();
+    let (status, took) = service.terminate().await;
     assert!(
         took <= Duration::from_millis(deadline_ms + 1_000),
         "exited {took:?} after SIGTERM with a {deadline_ms} ms deadline"

@@ -18,6 +18,7 @@ use serde::Serialize;
 pub use report::{Verdict, render_table};
 
 use crate::config::{ServeArgs, available_cpus};
+use crate::routes;
 use crate::routes::cpu::CpuVariant;
 use crate::routes::db::DbVariant;
 use crate::routes::sleep::SleepVariant;
@@ -85,43 +86,33 @@ pub enum Lesson {
 }
 
 impl Lesson {
-    pub fn name(self) -> &'static str {
-        match self {
+    /// This lesson in the registry (`routes::LESSONS`).
+    fn declared(self) -> &'static routes::Lesson {
+        let name = match self {
             Lesson::Sleep => SleepVariant::LESSON,
             Lesson::Cpu => CpuVariant::LESSON,
             Lesson::Upstream => UpstreamVariant::LESSON,
             Lesson::Db => DbVariant::LESSON,
-        }
+        };
+        routes::lesson(name).unwrap_or_else(|| unreachable!("{name} is in routes::LESSONS"))
+    }
+
+    pub fn name(self) -> &'static str {
+        self.declared().name
     }
 
     /// The route template the experiment sends this lesson's requests to (as metrics name it).
     pub fn route(self) -> &'static str {
-        match self {
-            Lesson::Sleep => crate::routes::SLEEP_ROUTE,
-            Lesson::Cpu => crate::routes::CPU_ROUTE,
-            Lesson::Upstream => crate::routes::UPSTREAM_ROUTE,
-            Lesson::Db => crate::routes::DB_SLEEP_ROUTE,
-        }
+        self.declared().routes[0]
     }
 
-    pub fn variants(self) -> &'static [&'static str] {
-        match self {
-            Lesson::Sleep => SleepVariant::NAMES,
-            Lesson::Cpu => CpuVariant::NAMES,
-            Lesson::Upstream => UpstreamVariant::NAMES,
-            Lesson::Db => DbVariant::NAMES,
-        }
+    pub fn variants(self) -> impl Iterator<Item = &'static str> {
+        self.declared().variants.iter().map(|v| v.name)
     }
 
     /// The variants that hold a worker while they work, and so should come out serialised.
     pub fn stalls(self, variant: &str) -> bool {
-        matches!(
-            (self, variant),
-            (Lesson::Sleep, "blocking")
-                | (Lesson::Cpu, "inline")
-                | (Lesson::Upstream, "blocking")
-                | (Lesson::Db, "blocking")
-        )
+        self.declared().stalls(variant)
     }
 }
 
@@ -219,7 +210,7 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
         None
     };
 
-    let total: usize = lessons.iter().map(|l| l.variants().len()).sum();
+    let total: usize = lessons.iter().map(|l| l.variants().count()).sum();
     let progress = if args.json {
         ProgressBar::hidden()
     } else {
@@ -241,7 +232,7 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
             _ => args.ms as f64,
         };
         let mut variants = Vec::new();
-        for &variant in lesson.variants() {
+        for variant in lesson.variants() {
             progress.set_message(format!("{}/{variant}", lesson.name()));
             let url = match lesson {
                 Lesson::Cpu => format!(

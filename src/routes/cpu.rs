@@ -21,25 +21,18 @@ use crate::telemetry::request_context;
 lesson_variants! {
     /// Where the hashing runs.
     pub enum CpuVariant for "cpu" {
-        Inline = "inline",
-        SpawnBlocking = "spawn-blocking",
-        Rayon = "rayon",
-    }
-}
-
-impl CpuVariant {
-    pub fn lesson(self) -> &'static str {
-        match self {
-            CpuVariant::Inline => {
-                "CPU work in async code never yields: the worker is busy and every task queued on it waits"
-            }
-            CpuVariant::SpawnBlocking => {
-                "spawn_blocking runs the hashing off the workers; fine for occasional work, but the pool is sized for waiting, not for cores"
-            }
-            CpuVariant::Rayon => {
-                "a rayon pool sized to the cores runs the hashing; a oneshot channel brings the result back to async code"
-            }
-        }
+        Inline = "inline" {
+            stalls: true,
+            teaches: "CPU work in async code never yields: the worker is busy and every task queued on it waits",
+        },
+        SpawnBlocking = "spawn-blocking" {
+            stalls: false,
+            teaches: "spawn_blocking runs the hashing off the workers; fine for occasional work, but the pool is sized for waiting, not for cores",
+        },
+        Rayon = "rayon" {
+            stalls: false,
+            teaches: "a rayon pool sized to the cores runs the hashing; a oneshot channel brings the result back to async code",
+        },
     }
 }
 

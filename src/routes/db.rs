@@ -27,29 +27,22 @@ use crate::state::AppState;
 lesson_variants! {
     /// The ways to run a query from an async handler.
     pub enum DbVariant for "db" {
-        Async = "async",
-        Raw = "raw",
-        Blocking = "blocking",
-        SpawnBlocking = "spawn-blocking",
-    }
-}
-
-impl DbVariant {
-    pub fn lesson(self) -> &'static str {
-        match self {
-            DbVariant::Async => {
-                "diesel-async awaits the database: like an async ORM (tortoise), the worker serves others meanwhile"
-            }
-            DbVariant::Raw => {
-                "hand-written SQL through diesel-async's sql_query, parameters bound: like aiomysql, and just as non-blocking"
-            }
-            DbVariant::Blocking => {
-                "a sync diesel connection in async code blocks the worker for the checkout and the whole query: like a sync driver in async def"
-            }
-            DbVariant::SpawnBlocking => {
-                "the same sync diesel connection on the blocking pool: like a sync driver in a plain def route"
-            }
-        }
+        Async = "async" {
+            stalls: false,
+            teaches: "diesel-async awaits the database: like an async ORM (tortoise), the worker serves others meanwhile",
+        },
+        Raw = "raw" {
+            stalls: false,
+            teaches: "hand-written SQL through diesel-async's sql_query, parameters bound: like aiomysql, and just as non-blocking",
+        },
+        Blocking = "blocking" {
+            stalls: true,
+            teaches: "a sync diesel connection in async code blocks the worker for the checkout and the whole query: like a sync driver in async def",
+        },
+        SpawnBlocking = "spawn-blocking" {
+            stalls: false,
+            teaches: "the same sync diesel connection on the blocking pool: like a sync driver in a plain def route",
+        },
     }
 }
 

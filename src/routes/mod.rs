@@ -10,7 +10,7 @@ pub mod report;
 pub mod sleep;
 pub mod upstream;
 pub mod users;
-pub(crate) mod variant;
+pub mod variant;
 
 use std::sync::Arc;
 
@@ -32,14 +32,59 @@ pub const UPSTREAM_ROUTE: &str = "/upstream/{variant}";
 pub const DB_USER_ROUTE: &str = "/db/{variant}/users/{id}";
 pub const DB_SLEEP_ROUTE: &str = "/db/{variant}/sleep";
 
+/// A lesson: its name, the routes that take its variants, and the variants.
+#[derive(Debug)]
+pub struct Lesson {
+    pub name: &'static str,
+    /// The first is the one the experiment sends its requests to.
+    pub routes: &'static [&'static str],
+    pub variants: &'static [variant::Variant],
+}
+
+impl Lesson {
+    /// Whether `variant` of this lesson stalls (unknown names do not).
+    pub fn stalls(&self, variant: &str) -> bool {
+        self.variants.iter().any(|v| v.name == variant && v.stalls)
+    }
+}
+
+/// Every lesson, from the variant declarations in its module.
+pub const LESSONS: &[Lesson] = &[
+    Lesson {
+        name: sleep::SleepVariant::LESSON,
+        routes: &[SLEEP_ROUTE],
+        variants: sleep::SleepVariant::VARIANTS,
+    },
+    Lesson {
+        name: cpu::CpuVariant::LESSON,
+        routes: &[CPU_ROUTE],
+        variants: cpu::CpuVariant::VARIANTS,
+    },
+    Lesson {
+        name: upstream::UpstreamVariant::LESSON,
+        routes: &[UPSTREAM_ROUTE],
+        variants: upstream::UpstreamVariant::VARIANTS,
+    },
+    Lesson {
+        name: db::DbVariant::LESSON,
+        routes: &[DB_SLEEP_ROUTE, DB_USER_ROUTE],
+        variants: db::DbVariant::VARIANTS,
+    },
+];
+
+/// The lesson called `name`.
+pub fn lesson(name: &str) -> Option<&'static Lesson> {
+    LESSONS.iter().find(|lesson| lesson.name == name)
+}
+
 /// The lesson routes' `{variant}` segments, as the telemetry's bounded `variant` label.
 pub fn route_variants() -> RouteVariants {
-    RouteVariants::default()
-        .declare(SLEEP_ROUTE, "variant", sleep::SleepVariant::NAMES)
-        .declare(CPU_ROUTE, "variant", cpu::CpuVariant::NAMES)
-        .declare(UPSTREAM_ROUTE, "variant", upstream::UpstreamVariant::NAMES)
-        .declare(DB_USER_ROUTE, "variant", db::DbVariant::NAMES)
-        .declare(DB_SLEEP_ROUTE, "variant", db::DbVariant::NAMES)
+    LESSONS
+        .iter()
+        .flat_map(|lesson| lesson.routes.iter().map(move |route| (*route, lesson)))
+        .fold(RouteVariants::default(), |variants, (route, lesson)| {
+            variants.declare(route, "variant", lesson.variants.iter().map(|v| v.name))
+        })
 }
 
 /// All routes, with `state` applied, each handler behind the telemetry route layer.

@@ -20,29 +20,22 @@ use crate::state::AppState;
 lesson_variants! {
     /// The ways to wait `ms` milliseconds inside an async handler.
     pub enum SleepVariant for "sleep" {
-        Async = "async",
-        Blocking = "blocking",
-        SpawnBlocking = "spawn-blocking",
-        BlockInPlace = "block-in-place",
-    }
-}
-
-impl SleepVariant {
-    pub fn lesson(self) -> &'static str {
-        match self {
-            SleepVariant::Async => {
-                "tokio::time::sleep yields the worker: like asyncio.sleep, waits overlap"
-            }
-            SleepVariant::Blocking => {
-                "std::thread::sleep in async code holds the worker: like time.sleep in async def, requests queue behind it"
-            }
-            SleepVariant::SpawnBlocking => {
-                "spawn_blocking moves the sleep to the blocking pool: like a plain def route on FastAPI's thread pool"
-            }
-            SleepVariant::BlockInPlace => {
-                "block_in_place hands this worker's queue to a new thread first, so other tasks keep running (multi-thread runtime only)"
-            }
-        }
+        Async = "async" {
+            stalls: false,
+            teaches: "tokio::time::sleep yields the worker: like asyncio.sleep, waits overlap",
+        },
+        Blocking = "blocking" {
+            stalls: true,
+            teaches: "std::thread::sleep in async code holds the worker: like time.sleep in async def, requests queue behind it",
+        },
+        SpawnBlocking = "spawn-blocking" {
+            stalls: false,
+            teaches: "spawn_blocking moves the sleep to the blocking pool: like a plain def route on FastAPI's thread pool",
+        },
+        BlockInPlace = "block-in-place" {
+            stalls: false,
+            teaches: "block_in_place hands this worker's queue to a new thread first, so other tasks keep running (multi-thread runtime only)",
+        },
     }
 }
 

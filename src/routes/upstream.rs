@@ -18,25 +18,18 @@ use crate::state::{AppState, UpstreamClients};
 lesson_variants! {
     /// Which HTTP client calls the slow upstream, and where.
     pub enum UpstreamVariant for "upstream" {
-        Async = "async",
-        Blocking = "blocking",
-        SpawnBlocking = "spawn-blocking",
-    }
-}
-
-impl UpstreamVariant {
-    pub fn lesson(self) -> &'static str {
-        match self {
-            UpstreamVariant::Async => {
-                "reqwest awaits the socket: like aiohttp, the worker serves others while the upstream is slow"
-            }
-            UpstreamVariant::Blocking => {
-                "a synchronous client (ureq) in async code blocks the worker for the whole round trip: like requests in async def"
-            }
-            UpstreamVariant::SpawnBlocking => {
-                "the same synchronous client on the blocking pool: like requests in a plain def route"
-            }
-        }
+        Async = "async" {
+            stalls: false,
+            teaches: "reqwest awaits the socket: like aiohttp, the worker serves others while the upstream is slow",
+        },
+        Blocking = "blocking" {
+            stalls: true,
+            teaches: "a synchronous client (ureq) in async code blocks the worker for the whole round trip: like requests in async def",
+        },
+        SpawnBlocking = "spawn-blocking" {
+            stalls: false,
+            teaches: "the same synchronous client on the blocking pool: like requests in a plain def route",
+        },
     }
 }
 

@@ -1,10 +1,27 @@
-//! Each lesson's variants as an enum that parses from the `{variant}` path segment.
+//! Each lesson's variants, declared once: URL name, whether it stalls, what it teaches. The
+//! enum parses from the `{variant}` path segment; the registry (`routes::LESSONS`), the
+//! experiment, metrics labels and the OpenAPI document read the rest from here.
 
-/// Declares a lesson's variant enum with its URL names; an unknown name becomes
-/// [`AppError::UnknownVariant`](crate::error::AppError::UnknownVariant) listing the valid ones.
+/// One variant of a lesson, as the registry lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    /// The URL name (`{variant}` segment, `variant` label).
+    pub name: &'static str,
+    /// Holds a runtime worker while it works: concurrent requests come out serialised.
+    pub stalls: bool,
+    /// The lesson in one line, shown in every answer (`lesson`).
+    pub teaches: &'static str,
+}
+
+/// Declares a lesson's variant enum with its URL names, stalling flags and teaching lines; an
+/// unknown name becomes [`AppError::UnknownVariant`](crate::error::AppError::UnknownVariant)
+/// listing the valid ones.
 macro_rules! lesson_variants {
     ($(#[$meta:meta])* $vis:vis enum $name:ident for $lesson:literal {
-        $($(#[$vmeta:meta])* $variant:ident = $slug:literal),+ $(,)?
+        $($(#[$vmeta:meta])* $variant:ident = $slug:literal {
+            stalls: $stalls:literal,
+            teaches: $teaches:literal $(,)?
+        }),+ $(,)?
     }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,10 +34,19 @@ macro_rules! lesson_variants {
             pub const NAMES: &'static [&'static str] = &[$($slug),+];
             /// Every variant, in teaching order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// Every variant as the registry lists it, in teaching order.
+            pub const VARIANTS: &'static [$crate::routes::variant::Variant] = &[$(
+                $crate::routes::variant::Variant { name: $slug, stalls: $stalls, teaches: $teaches }
+            ),+];
 
             /// The variant's URL name.
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $slug),+ }
+            }
+
+            /// What this variant teaches, in one line.
+            pub fn lesson(self) -> &'static str {
+                match self { $($name::$variant => $teaches),+ }
             }
         }
 

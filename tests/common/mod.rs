@@ -175,6 +175,28 @@ impl ServiceProcess {
         Scrape::parse(&text)
     }
 
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+    }
+
+    /// Sends SIGTERM and waits (at most 15 s) for the exit: its status, and how long after
+    /// the signal it came.
+    pub async fn terminate(&mut self) -> (std::process::ExitStatus, std::time::Duration) {
+        let signalled = Instant::now();
+        self.sigterm();
+        let status = tokio::time::timeout(std::time::Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("exits")
+            .expect("wait");
+        (status, signalled.elapsed())
+    }
+
     /// Log lines that arrived so far.
     pub fn drain_logs(&mut self) -> Vec<(Instant, String)> {
         let mut lines = Vec::new();

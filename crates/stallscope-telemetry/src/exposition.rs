@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio::runtime::RuntimeMetrics;
 
+use super::task_monitors::TaskFigures;
+
 /// Appends metric families in the Prometheus text format.
 #[derive(Default)]
 pub struct Exposition {
@@ -216,13 +218,6 @@ fn render_poll_histogram(out: &mut Exposition, metrics: &RuntimeMetrics, workers
         .sum();
     out.sample(&format!("{NAME}_sum"), &[], busy);
     out.sample(&format!("{NAME}_count"), &[], cumulative as f64);
-}
-
-/// Cumulative tokio-metrics task figures for one `(route, variant)` monitor.
-pub struct TaskFigures<'a> {
-    pub route: &'a str,
-    pub variant: &'a str,
-    pub metrics: tokio_metrics::TaskMetrics,
 }
 
 /// The per-variant task monitor families.

@@ -156,13 +156,25 @@ impl HttpMetrics {
         by_route.entry(key).or_insert_with(|| {
             Box::leak(Box::new(RouteInstruments {
                 key,
-                span_name: super::route_layer::span_name(key.method, key.route),
+                span_name: span_name(key.method, key.route),
                 monitor: tasks.get(key.route, key.variant),
                 watchdog: Arc::clone(watchdog),
                 active: ShardedGauge::default(),
                 durations: DurationsByStatus::default(),
             }))
         })
+    }
+}
+
+/// `http_route` of requests that matched no route: one value for all of them.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The server span's name: `{method} {route}`, or the method alone for unmatched paths.
+pub fn span_name(method: &str, route: &str) -> String {
+    if route == UNMATCHED_ROUTE {
+        method.to_owned()
+    } else {
+        format!("{method} {route}")
     }
 }
 

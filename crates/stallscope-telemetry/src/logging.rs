@@ -39,7 +39,7 @@ use nu_ansi_term::Style;
 use super::otlp::{OtlpSettings, QueueingProcessor};
 use super::request_context::{self, RequestContext};
 use super::route_layer::SERVER_SPAN;
-use super::trace_context::trace_id_hex;
+use super::span_ids::trace_id_hex;
 
 /// What `main` asks of the subscriber.
 #[derive(Debug, Clone)]
@@ -122,7 +122,7 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
     // builds them is not installed at all: it copied every attribute of every span into owned
     // strings and started and ended a span per request, about a fifth of the service's own CPU
     // on a zero-work endpoint (docs/benchmarks.md). The route layer then makes the trace ids
-    // itself (`trace_context::SpanIds::for_request`), so responses, logs and outgoing calls
+    // itself (`span_ids::SpanIds::for_request`), so responses, logs and outgoing calls
     // still name a trace, flagged "not sampled".
     let exporting = otlp.is_some() && export_error.is_none();
     let provider = provider.build();

@@ -6,19 +6,16 @@
 //! endpoint that was most of the instrumentation's cost (docs/benchmarks.md). So the span is
 //! made only when an exporter will read it, and what logs, the watchdog and outgoing calls
 //! need to know about the request lives here instead: one [`RequestContext`] per request,
-//! made once by the route layer, and a thread-local pointer to it that [`InRequest`] sets for
+//! made once by the route layer, and a thread-local pointer to it that `in_request::InRequest` sets for
 //! the length of each poll of the handler (and [`enter`] on threads the work moves to). The
 //! log formatter prints the context where the span's fields used to be; a log line inside a
 //! request reads the same with or without an exporter.
 
 use std::cell::RefCell;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use super::trace_context::SpanIds;
-use super::watchdog::{StallCallback, Watchdog};
+use super::span_ids::SpanIds;
+use super::stall_log::StallCallback;
 
 /// What the logs, the watchdog and outgoing calls know about one request.
 pub struct RequestContext {
@@ -157,45 +154,6 @@ impl Drop for Entered {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A request's handler future: every poll runs with the request as this thread's
-    /// [`current`] one, and tells the watchdog (when there is one) which request the poll
-    /// belongs to.
-    pub struct InRequest<F> {
-        #[pin]
-        inner: F,
-        context: Arc<RequestContext>,
-        watchdog: Option<&'static Watchdog>,
-    }
-}
-
-impl<F> InRequest<F> {
-    pub fn new(
-        inner: F,
-        context: Arc<RequestContext>,
-        watchdog: Option<&'static Watchdog>,
-    ) -> Self {
-        Self {
-            inner,
-            context,
-            watchdog,
-        }
-    }
-}
-
-impl<F: Future> Future for InRequest<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        if let Some(watchdog) = this.watchdog {
-            watchdog.tag_current_poll(this.context);
-        }
-        let _entered = enter(Some(Arc::clone(this.context)));
-        this.inner.poll(cx)
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -227,7 +185,7 @@ pub(crate) mod tests {
         assert_eq!(InlineText::<4>::truncated("").as_str(), "");
     }
 
-    fn current_id() -> Option<String> {
+    pub(crate) fn current_id() -> Option<String> {
         with_current(|c| c.map(|c| c.request_id().to_owned()))
     }
 
@@ -264,26 +222,5 @@ pub(crate) mod tests {
             (Some("carried".into()), None),
             "in the request while it runs, not after"
         );
-    }
-
-    #[tokio::test]
-    async fn the_context_is_set_during_each_poll_only() {
-        let context = sample("polled");
-        let seen = InRequest::new(
-            async {
-                let first = current_id();
-                tokio::task::yield_now().await;
-                (first, current_id())
-            },
-            context,
-            None,
-        )
-        .await;
-        assert_eq!(
-            seen,
-            (Some("polled".into()), Some("polled".into())),
-            "both polls"
-        );
-        assert_eq!(current_id(), None, "not after the poll");
     }
 }

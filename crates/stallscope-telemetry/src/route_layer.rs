@@ -24,25 +24,24 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Telemetry;
 use super::clock::Stamp;
-use super::http_metrics::{RouteInstruments, RouteKey};
+pub use super::http_metrics::UNMATCHED_ROUTE;
+use super::http_metrics::{RouteInstruments, RouteKey, span_name};
 use super::id_header;
 use super::in_flight::Ticket;
+use super::in_request::InRequest;
 use super::metric_names::STALL_VICTIMS;
 use super::poll_stats::{Measured, PollStats};
-use super::request_context::{
-    self, InRequest, InlineText, MAX_PATH, MAX_REQUEST_ID, RequestContext,
-};
+use super::request_context::{self, InlineText, MAX_PATH, MAX_REQUEST_ID, RequestContext};
+use super::span_ids::{self, SpanIds};
 use super::stall_log::Exposure;
-use super::trace_context::{self, SpanIds};
-use super::watchdog::{StallCallback, StallReport};
+use super::stall_log::{StallCallback, StallReport};
+use super::trace_context;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The name of every request's server span (the span's `otel.name` is `{method} {route}`).
 pub const SERVER_SPAN: &str = "HTTP request";
 
-/// `http_route` of requests that matched no route: one value for all of them.
-pub const UNMATCHED_ROUTE: &str = "unmatched";
 /// `variant` of routes without variants, and of unknown variant names.
 pub const NO_VARIANT: &str = "none";
 pub const INVALID_VARIANT: &str = "invalid";
@@ -500,15 +499,6 @@ pub async fn trace_only(request: Request, next: Next) -> Response {
     response
 }
 
-/// The server span's name: `{method} {route}`, or the method alone for unmatched paths.
-pub fn span_name(method: &str, route: &str) -> String {
-    if route == UNMATCHED_ROUTE {
-        method.to_owned()
-    } else {
-        format!("{method} {route}")
-    }
-}
-
 /// Route templates as `&'static str`: there are as many as the router has routes, so each
 /// is leaked once and reused. Each thread remembers the ones it has seen, so a request takes
 /// no lock.
@@ -544,7 +534,7 @@ fn intern(template: &str) -> &'static str {
 #[derive(Clone, Default)]
 pub struct RouteVariants {
     /// Route template → (which `/`-separated segment holds the parameter, its values).
-    routes: HashMap<&'static str, (usize, &'static [&'static str])>,
+    routes: HashMap<&'static str, (usize, Vec<&'static str>)>,
 }
 
 impl RouteVariants {
@@ -557,24 +547,25 @@ impl RouteVariants {
         mut self,
         route: &'static str,
         parameter: &str,
-        values: &'static [&'static str],
+        values: impl IntoIterator<Item = &'static str>,
     ) -> Self {
         let placeholder = format!("{{{parameter}}}");
         let position = route
             .split('/')
             .position(|segment| segment == placeholder)
             .unwrap_or_else(|| panic!("route {route} has no {placeholder} segment"));
-        self.routes.insert(route, (position, values));
+        self.routes
+            .insert(route, (position, values.into_iter().collect()));
         self
     }
 
     /// The `variant` label of a request to `route` at `path`.
     pub fn label(&self, route: &str, path: &str) -> &'static str {
-        let Some(&(position, values)) = self.routes.get(route) else {
+        let Some((position, values)) = self.routes.get(route) else {
             return NO_VARIANT;
         };
         path.split('/')
-            .nth(position)
+            .nth(*position)
             .and_then(|given| values.iter().copied().find(|value| *value == given))
             .unwrap_or(INVALID_VARIANT)
     }
@@ -653,7 +644,7 @@ fn generated_request_id(n: u64) -> HeaderValue {
     let skip = n.to_be_bytes()[..4].iter().take_while(|&&b| b == 0).count();
     let mut id = *b"req-0000000000000000";
     let end = id.len() - 2 * skip;
-    id[4..end].copy_from_slice(&trace_context::hex_of_word(n)[2 * skip..]);
+    id[4..end].copy_from_slice(&span_ids::hex_of_word(n)[2 * skip..]);
     // Hex digits and `req-`: always ASCII, so never the fallback.
     id_header::id_value(&id[..end]).unwrap_or_else(|| HeaderValue::from_static("req-invalid"))
 }
@@ -665,8 +656,8 @@ mod tests {
     #[test]
     fn variant_labels_are_bounded() {
         let variants = RouteVariants::default()
-            .declare("/sleep/{variant}", "variant", &["async", "blocking"])
-            .declare("/db/{variant}/users/{id}", "variant", &["async"]);
+            .declare("/sleep/{variant}", "variant", ["async", "blocking"])
+            .declare("/db/{variant}/users/{id}", "variant", ["async"]);
         assert_eq!(
             variants.label("/sleep/{variant}", "/sleep/blocking"),
             "blocking"

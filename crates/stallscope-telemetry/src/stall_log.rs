@@ -19,7 +19,22 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::cpu_wait::Cause;
-use super::trace_context::SpanIds;
+use super::span_ids::SpanIds;
+
+/// Called once when the watchdog reports a stall of a request (see
+/// `RequestContext::on_stall`).
+pub type StallCallback = Box<dyn Fn(&StallReport) + Send + Sync>;
+
+/// What the watchdog knows about a stall it just found.
+#[derive(Debug, Clone)]
+pub struct StallReport {
+    pub worker: String,
+    pub elapsed: Duration,
+    /// Code that blocked, or a host that kept the worker from a CPU ([`Cause`]).
+    pub cause: Cause,
+    /// How much of the stall so far the worker thread spent waiting for a CPU.
+    pub cpu_wait: Duration,
+}
 
 /// How many ended stalls are kept at most, newest first out last.
 const KEPT: usize = 256;

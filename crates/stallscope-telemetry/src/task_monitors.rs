@@ -14,8 +14,14 @@ use std::time::Duration;
 
 use tokio_metrics::{Instrumented, TaskMetrics, TaskMonitorCore};
 
-use super::exposition::TaskFigures;
 use super::shards::{Padded, SHARDS, this_threads_shard};
+
+/// Cumulative tokio-metrics task figures for one `(route, variant)` monitor.
+pub struct TaskFigures<'a> {
+    pub route: &'a str,
+    pub variant: &'a str,
+    pub metrics: tokio_metrics::TaskMetrics,
+}
 
 pub struct TaskMonitors {
     slow_poll_threshold: Duration,

@@ -24,26 +24,12 @@ use super::clock::Stamp;
 use super::cpu_wait::{Cause, ThreadStat, Throttling, WaitSample};
 use super::metric_names::{STALL_DURATION, STALLS, STALLS_IN_PROGRESS};
 use super::request_context::RequestContext;
-use super::stall_log::{Exposure, PollKey, Stall, StallLog};
-use super::trace_context::SpanIds;
+use super::span_ids::SpanIds;
+use super::stall_log::{Exposure, PollKey, Stall, StallLog, StallReport};
 
 /// Label values used for polls that belong to no HTTP request (background tasks).
 pub const NON_REQUEST_ROUTE: &str = "task";
 pub const NON_REQUEST_VARIANT: &str = "none";
-
-/// See [`RequestContext::on_stall`].
-pub type StallCallback = Box<dyn Fn(&StallReport) + Send + Sync>;
-
-/// What the watchdog knows about a stall it just found.
-#[derive(Debug, Clone)]
-pub struct StallReport {
-    pub worker: String,
-    pub elapsed: Duration,
-    /// Code that blocked, or a host that kept the worker from a CPU ([`Cause`]).
-    pub cause: Cause,
-    /// How much of the stall so far the worker thread spent waiting for a CPU.
-    pub cpu_wait: Duration,
-}
 
 /// A poll must have run this long before the watchdog samples its thread's CPU wait (a few
 /// reads of `/proc`): healthy polls take microseconds and are never sampled.
