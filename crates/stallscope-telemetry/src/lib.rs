@@ -34,6 +34,7 @@ pub mod clock;
 pub mod cpu_wait;
 pub mod exposition;
 pub mod http_metrics;
+mod id_header;
 pub mod in_flight;
 pub mod in_request;
 pub mod logging;

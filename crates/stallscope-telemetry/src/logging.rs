@@ -39,6 +39,7 @@ use nu_ansi_term::Style;
 use super::otlp::{OtlpSettings, QueueingProcessor};
 use super::request_context::{self, RequestContext};
 use super::route_layer::SERVER_SPAN;
+use super::span_ids::trace_id_hex;
 
 /// What `main` asks of the subscriber.
 #[derive(Debug, Clone)]
@@ -456,7 +457,9 @@ fn write_request_prefix(
         style(ansi, Style::new().italic()),
     );
     let path = request.path();
-    let trace_id = request.ids.trace_id.to_string();
+    let trace_id = trace_id_hex(request.ids.trace_id);
+    // Hex digits are always UTF-8; the fallback cannot happen.
+    let trace_id = std::str::from_utf8(&trace_id).unwrap_or_default();
     // Name, value, and whether the value is a string (quoted like `{:?}`; the trace id is
     // written bare, as `trace_id = %id` event fields are).
     let fields: [(&str, &str, bool); 6] = [
@@ -465,7 +468,7 @@ fn write_request_prefix(
         ("url.path", path, true),
         ("stallscope.variant", request.variant, true),
         ("stallscope.request_id", request.request_id(), true),
-        ("trace_id", &trace_id, false),
+        ("trace_id", trace_id, false),
     ];
     write!(writer, "{}{}", bold.paint(SERVER_SPAN), bold.paint("{"))?;
     for (i, (name, value, quoted)) in fields.into_iter().enumerate() {
