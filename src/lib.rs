@@ -4,7 +4,6 @@
 //! Each lesson (`routes::sleep`, `routes::cpu`, `routes::upstream`, `routes::db`) has a
 //! correct and a stalling variant; `routes::users` is the ORM lesson's CRUD. [`app`] builds the real router so tests exercise exactly what ships.
 
-pub mod background;
 pub mod blocking;
 pub mod cli;
 pub mod config;

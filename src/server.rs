@@ -9,11 +9,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::background::BackgroundServer;
 use crate::config::ServeArgs;
 use crate::shutdown::{Deadline, Event, Stopped};
 use crate::state::AppState;
 use crate::telemetry::Telemetry;
+use crate::telemetry::background::BackgroundServer;
 
 /// Everything the service needs before its runtime starts.
 struct Prepared {
@@ -40,12 +40,8 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     };
     let telemetry = Telemetry::new(crate::telemetry_settings(&args.telemetry));
     if let Some(bind) = args.telemetry.metrics_bind {
-        let admin = BackgroundServer::start(
-            "metrics-admin",
-            bind,
-            crate::routes::admin_router(&telemetry),
-        )
-        .with_context(|| format!("could not serve /metrics on {bind}"))?;
+        let admin = crate::telemetry::metrics_endpoint::serve_in_background(&telemetry, bind)
+            .with_context(|| format!("could not serve /metrics on {bind}"))?;
         let url = browsable_url(admin.addr());
         tracing::info!("serving {url}/metrics from its own thread");
         helpers.push(admin);

@@ -8,9 +8,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::background::BackgroundServer;
 use crate::error::AppError;
 use crate::routes::params::QueryParams;
+use crate::telemetry::background::BackgroundServer;
 use axum::extract::RawQuery;
 use axum::routing::get;
 use axum::{Json, Router};

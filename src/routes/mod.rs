@@ -18,7 +18,7 @@ use axum::Router;
 use axum::handler::Handler;
 use axum::http::Uri;
 use axum::response::Redirect;
-use axum::routing::{MethodFilter, MethodRouter, get};
+use axum::routing::{MethodFilter, MethodRouter};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::AppError;
@@ -195,26 +195,6 @@ impl Observed {
                 .method_not_allowed_fallback(method_not_allowed),
         }
     }
-}
-
-/// `/metrics` and `/healthz` alone, for the admin listener on its own thread: it reads the
-/// service's telemetry but runs none of its handlers.
-pub fn admin_router(telemetry: &Arc<Telemetry>) -> Router {
-    let telemetry = Arc::clone(telemetry);
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let telemetry = Arc::clone(&telemetry);
-                async move {
-                    (
-                        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-                        telemetry.render(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(health::healthz))
 }
 
 /// `/` sends a browser to the interactive API docs, where every lesson runs from a button.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use stallscope_telemetry::logging::{self, TracingOptions};
+use stallscope_telemetry::metrics_endpoint;
 use stallscope_telemetry::route_layer::ObserveLayer;
 use stallscope_telemetry::{Settings, Telemetry};
 
@@ -27,7 +28,10 @@ pub fn app(telemetry: &Arc<Telemetry>) -> Router {
     Router::new()
         .route("/slow", get(slow))
         .route("/hello", get(|| async { "hello\n" }))
-        .route("/metrics", get(move || async move { scraped.render() }))
+        .route(
+            "/metrics",
+            get(move || async move { metrics_endpoint::response(&scraped) }),
+        )
         .layer(ObserveLayer::new(Arc::clone(telemetry)))
 }
 

@@ -28,6 +28,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod background;
 pub mod blocking;
 pub mod canary;
 pub mod clock;
@@ -39,6 +40,7 @@ pub mod in_flight;
 pub mod in_request;
 pub mod logging;
 pub mod metric_names;
+pub mod metrics_endpoint;
 pub mod otlp;
 pub mod poll_stats;
 pub mod request_context;

@@ -1,7 +1,7 @@
 //! A small HTTP server on an OS thread and current-thread runtime of its own.
 //!
-//! The slow upstream and the admin `/metrics` listener run this way on purpose: when the
-//! service runtime is stalled (the whole point of this project), they must keep answering.
+//! A `/metrics` listener (and stallscope's slow upstream) run this way on purpose: when the
+//! service runtime is stalled, they must keep answering.
 
 use std::net::SocketAddr;
 
