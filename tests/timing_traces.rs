@@ -1298,7 +1298,19 @@ async fn documented_attributes_arrive_typed_over_grpc_and_http() {
     )
     .await;
     exercise_every_documented_attribute(&service.base_url).await;
-    let spans = collect_until(&mut collector, every_documented_attribute_arrived).await;
+    // Until every row is there and both database lessons' statements (the last requests).
+    let spans = collect_until(&mut collector, |spans| {
+        every_documented_attribute_arrived(spans)
+            && ["\"sleep\"", "\"sleep_raw\""].iter().all(|operation| {
+                spans.iter().any(|s| {
+                    s.attributes.contains_key("db.query.text")
+                        && s.attributes
+                            .get("db.operation.name")
+                            .is_some_and(|o| o.contains(operation))
+                })
+            })
+    })
+    .await;
     assert_documented_types(&spans, "gRPC");
     // The statements with their placeholders, never the bound values.
     let statements: Vec<(&str, &str)> = spans
