@@ -43,14 +43,21 @@ fail() {
   cat "$log" >&2
   exit 1
 }
-# wait_for SECONDS PATTERN...: until the pane shows every extended-regex PATTERN.
+# wait_for SECONDS PATTERN...: until the pane shows every extended-regex PATTERN, and none of
+# those written as '!PATTERN' (the console redraws once a second, so an absence takes time too).
 wait_for() {
   local deadline=$((SECONDS + $1)) pattern ok
   shift
   while [ $SECONDS -lt $deadline ]; do
     pane=$(tmux capture-pane -p -t "$session" 2>/dev/null || true)
     ok=true
-    for pattern in "$@"; do grep -Eq -- "$pattern" <<<"$pane" || ok=false; done
+    for pattern in "$@"; do
+      if [ "${pattern:0:1}" = '!' ]; then
+        grep -Eq -- "${pattern:1}" <<<"$pane" && ok=false
+      else
+        grep -Eq -- "$pattern" <<<"$pane" || ok=false
+      fi
+    done
     [ "$ok" = true ] && return 0
     sleep 0.25
   done
@@ -92,9 +99,10 @@ polls_after=$(canary_polls)
   fail "the canary's polls moved during the stall (${polls_before:-?} -> ${polls_after:-?})"
 echo "during the stall: the canary's polls stand still at $polls_after"
 wait "$request"
-# After the poll ends: the warning is gone and the finished connection task kept its Busy
-# time (Total and Busy in whole seconds: at least the 4 s it blocked).
-wait_for 5 "⏹ +[4-9]s +[4-9]s .*$connection" && ! grep -q 'never yielded' <<<"$pane" ||
+# After the poll ends: the warning is gone, no connection task is running, and the finished one
+# kept its Busy time (Total and Busy in whole seconds: at least the 4 s it blocked). An earlier
+# attempt's finished task may already be listed, so the absences are what is waited for.
+wait_for 5 "⏹ +[4-9]s +[4-9]s .*$connection" '!never yielded' "!▶ .*$connection" ||
   fail "after the stall: the warning stayed, or no finished connection task with Busy ≥ 4 s"
 echo "after the stall: warning gone, the connection task done with its busy time:"
 grep -E "$connection" <<<"$pane" | cut -c1-150 | sed 's/^/  /'
