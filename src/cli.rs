@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the tutorial's concurrent-request lesson and print who got serialised.
     Experiment(crate::experiment::ExperimentArgs),
     /// Run only the slow upstream that the `/upstream/*` lessons call.

@@ -133,6 +133,12 @@ pub struct ServeArgs {
     #[arg(long, env = "STALLSCOPE_SHUTDOWN_DEADLINE_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub shutdown_deadline_ms: u64,
 
+    /// A trace UI's address for one trace, with `{trace_id}` where the id goes (Jaeger:
+    /// `http://localhost:16686/trace/{trace_id}`): the live page links each stall to its
+    /// culprit's trace. Only useful with an OTLP exporter.
+    #[arg(long, env = "STALLSCOPE_TRACE_URL")]
+    pub trace_url: Option<String>,
+
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod experiment;
+pub mod page;
 pub mod routes;
 pub mod runtime;
 pub mod server;

@@ -10,7 +10,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let serve = match &cli.command {
         None => Some(&cli.serve),
-        Some(Command::Serve(args)) => Some(args),
+        Some(Command::Serve(args)) => Some(&**args),
         _ => None,
     };
     let console = serve.is_some_and(|args| args.telemetry.console);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use axum::serve::ListenerExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeArgs;
@@ -14,6 +14,7 @@ use crate::shutdown::{Deadline, Event, Stopped};
 use crate::state::AppState;
 use crate::telemetry::Telemetry;
 use crate::telemetry::background::BackgroundServer;
+use crate::telemetry::front_door::{self, FrontDoor, ServiceConnections};
 
 /// Everything the service needs before its runtime starts.
 struct Prepared {
@@ -71,18 +72,43 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     })
 }
 
+/// Accepts on `listener` through the front door: the live page's connections are served on
+/// the door's own thread and runtime, every other one goes to the returned connections for
+/// [`serve`]. Tells the page the service's own address and the trace UI's.
+fn open_front_door(
+    listener: std::net::TcpListener,
+    state: &AppState,
+    args: &ServeArgs,
+) -> anyhow::Result<(ServiceConnections, FrontDoor)> {
+    let own_url = browsable_url(listener.local_addr()?);
+    let _ = state.page.own_url.set(own_url);
+    if let Some(trace_url) = &args.trace_url {
+        let _ = state.page.trace_url.set(trace_url.clone());
+    }
+    let page = crate::page::routes().with_state(state.clone());
+    front_door::open(
+        "stallscope-front",
+        listener,
+        page,
+        crate::page::is_page_path,
+        state.shutdown.clone(),
+    )
+    .context("could not start the front door")
+}
+
 /// Serves until `shutdown` is cancelled and every in-flight request is answered. How long
 /// that may take is the caller's to bound: with stalled workers no timer in here would fire.
 async fn serve(
-    listener: TcpListener,
+    connections: ServiceConnections,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     state.telemetry.start()?;
     let app = crate::app(state);
-    // With the peer's address in each request (`client.address` on its span).
+    // With the peer's address in each request (`client.address` on its span): axum gives
+    // `ConnectInfo<SocketAddr>` for a tapped listener.
     axum::serve(
-        listener,
+        connections.tap_io(|_: &mut tokio::net::TcpStream| {}),
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -100,13 +126,13 @@ pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<Stopped> {
     } = prepare(args)?;
     let deadline = Deadline::new(Duration::from_millis(args.shutdown_deadline_ms));
     let in_flight = Arc::clone(&state.telemetry.in_flight);
-    let listener = runtime
-        .block_on(TcpListener::bind(args.bind))
+    let listener = std::net::TcpListener::bind(args.bind)
         .with_context(|| format!("could not listen on {}", args.bind))?;
     let base = browsable_url(listener.local_addr()?);
+    let (connections, front_door) = open_front_door(listener, &state, args)?;
     tracing::info!(
         workers = args.runtime.worker_threads(),
-        "stallscope is serving: open {base}/docs to run the lessons; metrics at {base}/metrics"
+        "stallscope is serving: open {base}/ to watch stalls live and run the lessons; API docs at {base}/docs, metrics at {base}/metrics"
     );
     let (events, received) = std::sync::mpsc::channel();
     crate::shutdown::spawn_signal_thread(
@@ -123,7 +149,7 @@ pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<Stopped> {
         .name("stallscope-accept".into())
         .spawn(move || {
             let served = handle
-                .block_on(serve(listener, state, shutdown))
+                .block_on(serve(connections, state, shutdown))
                 .context("the server failed");
             let _ = events.send(Event::Served(served));
         })?;
@@ -147,6 +173,7 @@ pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<Stopped> {
     let stopped = match drained {
         Some(served) => {
             served?;
+            drop(front_door);
             drop(helpers);
             // Blocking-pool threads still sleeping for a stalled request must not hold up exit.
             runtime.shutdown_timeout(Duration::from_millis(500));
@@ -163,6 +190,7 @@ pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<Stopped> {
             // Stalled workers cannot be joined, nor can a helper serving a slow request:
             // the process exits around them.
             std::mem::forget(helpers);
+            std::mem::forget(front_door);
             runtime.shutdown_background();
             Stopped {
                 flush_until: deadline.exit_by(signalled),
@@ -192,6 +220,7 @@ pub struct RunningService {
     addr: SocketAddr,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
+    front_door: Option<FrontDoor>,
     _helpers: Vec<BackgroundServer>,
 }
 
@@ -206,16 +235,15 @@ impl RunningService {
         } = prepare(args)?;
         let listener = std::net::TcpListener::bind(args.bind)
             .with_context(|| format!("could not listen on {}", args.bind))?;
-        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let (connections, front_door) = open_front_door(listener, &state, args)?;
         let drain = Deadline::new(Duration::from_millis(args.shutdown_deadline_ms));
         let service_shutdown = shutdown.clone();
         let thread = std::thread::Builder::new()
             .name("stallscope-service".into())
             .spawn(move || {
                 let result = runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener)?;
-                    let served = serve(listener, state, service_shutdown.clone());
+                    let served = serve(connections, state, service_shutdown.clone());
                     // In-process, nothing stalls this runtime for long: its own timer will do.
                     let give_up = async {
                         service_shutdown.cancelled().await;
@@ -239,6 +267,7 @@ impl RunningService {
             addr,
             shutdown,
             thread: Some(thread),
+            front_door: Some(front_door),
             _helpers: helpers,
         })
     }
@@ -250,6 +279,11 @@ impl RunningService {
     /// `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Tasks alive on the front door's runtime (see [`FrontDoor::alive_tasks`]).
+    pub fn front_door_tasks(&self) -> usize {
+        self.front_door.as_ref().map_or(0, FrontDoor::alive_tasks)
     }
 
     /// Begins graceful shutdown without waiting for it.
@@ -264,6 +298,7 @@ impl Drop for RunningService {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        drop(self.front_door.take());
     }
 }
 

@@ -43,6 +43,8 @@ pub struct SharedState {
     pub db: Database,
     /// argon2id hashing for `/users` and `/login`, on the blocking pool.
     pub passwords: Passwords,
+    /// The live page's settings, known once the service listens.
+    pub page: crate::page::PageSettings,
 }
 
 impl AppState {
@@ -66,6 +68,7 @@ impl AppState {
             telemetry,
             db,
             passwords: Passwords::new(),
+            page: crate::page::PageSettings::default(),
         })))
     }
 }

@@ -400,17 +400,13 @@ async fn openapi_describes_every_lesson_and_docs_are_served_offline() {
             "{method} {path} missing from OpenAPI"
         );
     }
-    let front = test_app()
-        .router()
-        .oneshot(Request::get("/").body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    assert_eq!(
-        front.status(),
-        StatusCode::TEMPORARY_REDIRECT,
-        "/ sends a browser to the docs"
+    let (status, _, body) = call(test_app().router(), Method::GET, "/").await;
+    assert_eq!(status, StatusCode::OK, "/ is the live page");
+    let page = String::from_utf8_lossy(&body);
+    assert!(
+        page.contains("href=\"/docs/\""),
+        "the live page links the docs: {page}"
     );
-    assert_eq!(front.headers()["location"], "/docs/");
     let (status, _, body) = call(test_app().router(), Method::GET, "/docs/").await;
     assert_eq!(status, StatusCode::OK);
     let page = String::from_utf8_lossy(&body);
@@ -620,4 +616,73 @@ async fn responses_carry_the_request_id_and_traceparent() {
         !traceparent.contains("00f067aa0ba902b7"),
         "with a span of its own"
     );
+}
+
+/// The live page is the binary's own: its HTML, script and styles, with the lessons (from the
+/// registry and the lessons doc) in its configuration, and nothing loaded from elsewhere.
+#[tokio::test]
+async fn the_live_page_and_its_assets_come_from_the_binary() {
+    let (status, headers, body) = call(test_app().router(), Method::GET, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.starts_with("text/html"), "{headers}");
+    let page = String::from_utf8_lossy(&body);
+    for external in ["http://", "https://", "//cdn"] {
+        let found: Vec<&str> = page
+            .match_indices(external)
+            .map(|(i, _)| &page[i..(i + 40).min(page.len())])
+            .collect();
+        assert!(found.is_empty(), "the page refers outside: {found:?}");
+    }
+    let config_start = page
+        .find(r#"<script id="config" type="application/json">"#)
+        .expect("config");
+    let config = &page[config_start..];
+    let config = &config[config.find('>').expect(">") + 1..config.find("</script>").expect("end")];
+    let config: Value = serde_json::from_str(config).expect("the page's config is JSON");
+    let lessons: Vec<&str> = config["lessons"]
+        .as_array()
+        .expect("lessons")
+        .iter()
+        .map(|l| l["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(lessons, ["sleep", "cpu", "upstream", "db"]);
+    let blocking = &config["lessons"][0]["variants"][1];
+    assert_eq!(blocking["name"], "blocking");
+    assert_eq!(blocking["stalls"], true);
+    assert!(
+        blocking["fastapi"]
+            .as_str()
+            .expect("FastAPI code")
+            .contains("async def async_sleep"),
+        "{blocking}"
+    );
+    for (asset, kind) in [
+        ("/live/page.js", "text/javascript"),
+        ("/live/page.css", "text/css"),
+    ] {
+        let (status, content_type, body) = call(test_app().router(), Method::GET, asset).await;
+        assert_eq!(status, StatusCode::OK, "{asset}");
+        assert!(content_type.starts_with(kind), "{asset}: {content_type}");
+        assert!(!body.is_empty(), "{asset}");
+    }
+    // Without a listening address (this router is called directly) a run cannot start: 503,
+    // never a hang or a 500; an unknown lesson is a 404 naming the real ones.
+    let (status, _, body) =
+        call(test_app().router(), Method::POST, "/live/lessons/sleep/run").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, _, body) = call(test_app().router(), Method::POST, "/live/lessons/nap/run").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("sleep, cpu, upstream, db"));
+    let (status, _, _) = call(
+        test_app().router(),
+        Method::POST,
+        "/live/lessons/sleep/run?ms=0",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "ms is at least 1");
 }

@@ -723,3 +723,128 @@ async fn a_second_signal_exits_at_once_naming_the_requests() {
     );
     pending.abort();
 }
+
+/// The live page's stream keeps coming while the only worker is blocked: the front door
+/// serves it on a runtime of its own. During a 2.5 s blocking sleep it names the stall (route,
+/// variant, request id) with a length that grows, the lag grows with it, and a request that
+/// waited behind the stall is listed as its victim afterwards.
+#[tokio::test]
+async fn the_live_stream_names_a_stall_while_the_only_worker_is_blocked() {
+    let _serial = SERIAL.lock().await;
+    let service = ServiceProcess::start(&["--workers", "1"]).await;
+    let mut stream = reqwest::get(format!("{}/live/stream", service.base_url))
+        .await
+        .expect("the stream opens");
+    assert_eq!(stream.status(), 200);
+    let client = reqwest::Client::new();
+    // In flight first (awaiting a 300 ms timer), then held up by the stall: its victim. A
+    // request that arrives during the stall is not one yet: nothing reads it until the
+    // worker is free, so its own time starts after the stall.
+    let victim = tokio::spawn(
+        client
+            .get(format!("{}/sleep/async?ms=300", service.base_url))
+            .header("x-request-id", "live-victim")
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = Instant::now();
+    let culprit = tokio::spawn(
+        client
+            .get(format!("{}/sleep/blocking?ms=2500", service.base_url))
+            .header("x-request-id", "live-culprit")
+            .send(),
+    );
+    let mut text = String::new();
+    let mut during = Vec::new();
+    while sent.elapsed() < Duration::from_millis(2_200) {
+        let chunk = tokio::time::timeout(Duration::from_secs(2), stream.chunk())
+            .await
+            .expect("the stream keeps coming during the stall")
+            .expect("read")
+            .expect("open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                let snapshot: serde_json::Value = serde_json::from_str(data).expect("JSON");
+                during.push((sent.elapsed(), snapshot));
+            }
+        }
+    }
+    let in_stall: Vec<&serde_json::Value> = during
+        .iter()
+        .filter(|(at, _)| *at >= Duration::from_millis(600))
+        .map(|(_, s)| s)
+        .collect();
+    assert!(
+        in_stall.len() >= 4,
+        "at 4 a second, 1.6 s of stall carry about 6 snapshots; got {}",
+        in_stall.len()
+    );
+    let lengths: Vec<f64> = in_stall
+        .iter()
+        .filter_map(|s| {
+            s["stalls"].as_array()?.iter().find(|stall| {
+                stall["in_progress"] == true
+                    && stall["route"] == ROUTE
+                    && stall["variant"] == "blocking"
+                    && stall["request_id"] == "live-culprit"
+            })?["length_ms"]
+                .as_f64()
+        })
+        .collect();
+    assert!(
+        lengths.len() >= 3 && lengths.windows(2).all(|w| w[1] > w[0]),
+        "the stall is named in progress with a growing length: {lengths:?}"
+    );
+    let lag = in_stall
+        .last()
+        .and_then(|s| s["lag_ms"].as_f64())
+        .expect("lag");
+    assert!(lag >= 1_000.0, "the lag grows with the stall: {lag} ms");
+    let busy = in_stall.last().expect("snapshot")["workers"][0]["busy"]
+        .as_f64()
+        .expect("busy");
+    assert!(busy > 0.99, "the held worker reads busy: {busy}");
+
+    culprit.await.expect("task").expect("answer");
+    victim.await.expect("task").expect("answer");
+    // The victim is listed beside its culprit once it has its answer.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let victims = loop {
+        let chunk = stream.chunk().await.expect("read").expect("open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        let mut found = None;
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                let snapshot: serde_json::Value = serde_json::from_str(data).expect("JSON");
+                found = snapshot["stalls"].as_array().and_then(|stalls| {
+                    stalls
+                        .iter()
+                        .find(|s| s["request_id"] == "live-culprit" && s["in_progress"] == false)
+                        .map(|s| s["victims"].clone())
+                });
+            }
+        }
+        if let Some(victims) = found.filter(|v| v.as_array().is_some_and(|v| !v.is_empty())) {
+            break victims;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no victim listed for the ended stall"
+        );
+    };
+    let victim = victims
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["request_id"] == "live-victim"))
+        .unwrap_or_else(|| panic!("the /hello request is the stall's victim: {victims}"));
+    assert_eq!(
+        (&victim["route"], &victim["variant"]),
+        (&ROUTE.into(), &"async".into())
+    );
+    assert!(
+        victim["delayed_ms"].as_f64().expect("delayed") >= 1_500.0,
+        "{victim}"
+    );
+}

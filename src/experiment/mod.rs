@@ -24,6 +24,7 @@ use crate::routes::db::DbVariant;
 use crate::routes::sleep::SleepVariant;
 use crate::routes::upstream::UpstreamVariant;
 use crate::server::RunningService;
+use crate::telemetry::watchdog::Watchdog;
 
 #[derive(Debug, Clone, Args)]
 pub struct ExperimentArgs {
@@ -101,6 +102,13 @@ impl Lesson {
         self.declared().name
     }
 
+    /// The lesson called `name` (`sleep`, `cpu`, `upstream`, `db`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Lesson::Sleep, Lesson::Cpu, Lesson::Upstream, Lesson::Db]
+            .into_iter()
+            .find(|lesson| lesson.name() == name)
+    }
+
     /// The route template the experiment sends this lesson's requests to (as metrics name it).
     pub fn route(self) -> &'static str {
         self.declared().routes[0]
@@ -155,6 +163,27 @@ pub struct VariantResult {
     /// Failed requests, if any, with their status or error.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Each request, in sending order: when it was sent and answered (ms after the first).
+    pub timeline: Vec<RequestTiming>,
+    /// The stalls the target's watchdog saw during the batch, when the experiment runs
+    /// inside the service (the live page).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stalls: Vec<TimelineStall>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RequestTiming {
+    pub sent_ms: f64,
+    /// `None` if it failed.
+    pub done_ms: Option<f64>,
+}
+
+/// A stall on the experiment's clock (ms after the batch began).
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineStall {
+    pub worker: String,
+    pub start_ms: f64,
+    pub end_ms: f64,
 }
 
 /// Runs the experiment and prints the result; the entry point of the subcommand.
@@ -222,55 +251,14 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
             .progress_chars("=> "),
     );
 
+    let plan = Plan {
+        concurrency,
+        ms: args.ms,
+        cpu,
+    };
     let mut results = Vec::new();
     for lesson in lessons {
-        let parallel_ms = match lesson {
-            Lesson::Cpu => {
-                let solo_ms = cpu.map_or(args.ms as f64, |c| c.solo_ms);
-                solo_ms * usize::from(concurrency).div_ceil(available_cpus()) as f64
-            }
-            _ => args.ms as f64,
-        };
-        let mut variants = Vec::new();
-        for variant in lesson.variants() {
-            progress.set_message(format!("{}/{variant}", lesson.name()));
-            let url = match lesson {
-                Lesson::Cpu => format!(
-                    "{target}/cpu/{variant}?iterations={}",
-                    cpu.map_or(1, |c| c.iterations)
-                ),
-                // The database waits D ms itself (pg_sleep, SLEEP(), or SQLite's
-                // stallscope_sleep): the database lesson's equivalent of /sleep.
-                Lesson::Db => format!("{target}/db/{variant}/sleep?ms={}", args.ms),
-                _ => format!("{target}/{}/{variant}?ms={}", lesson.name(), args.ms),
-            };
-            let route = lesson.route();
-            let stalls_before = watchdog_stalls(&client, &target, route, variant).await;
-            let (completions_ms, errors) = fire(&client, &url, concurrency, &progress).await;
-            let stalls_after = watchdog_stalls(&client, &target, route, variant).await;
-            let slowest_ms = completions_ms.iter().copied().fold(0.0, f64::max);
-            let slowdown = slowest_ms / yardstick_ms(lesson, parallel_ms, &completions_ms);
-            let watchdog_stalls = stalls_after
-                .zip(stalls_before)
-                .map(|(after, before)| after.saturating_sub(before));
-            variants.push(VariantResult {
-                variant,
-                completions_ms,
-                slowest_ms,
-                slowdown,
-                verdict: Verdict::judge(slowdown, errors.is_empty(), watchdog_stalls),
-                expected_to_stall: lesson.stalls(variant),
-                watchdog_stalls,
-                errors,
-            });
-            // Let stragglers (sleeping blocking threads, closing sockets) settle.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        results.push(LessonResult {
-            lesson,
-            parallel_ms,
-            variants,
-        });
+        results.push(run_lesson(&client, &target, lesson, &plan, &progress, None).await);
     }
     progress.finish_and_clear();
     Ok(ExperimentReport {
@@ -281,6 +269,103 @@ async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<Experi
         cpu,
         lessons: results,
     })
+}
+
+/// How each variant's batch is sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Requests at once.
+    pub concurrency: u16,
+    /// Work per request.
+    pub ms: u64,
+    /// The CPU lesson's calibrated work, needed when it runs.
+    pub cpu: Option<CpuCalibration>,
+}
+
+/// Every variant of `lesson`, one batch after another. With the target's `watchdog` (the live
+/// page runs the experiment inside the service), each variant also lists the stalls it caused.
+pub async fn run_lesson(
+    client: &reqwest::Client,
+    target: &str,
+    lesson: Lesson,
+    plan: &Plan,
+    progress: &ProgressBar,
+    watchdog: Option<&Watchdog>,
+) -> LessonResult {
+    let concurrency = plan.concurrency;
+    let parallel_ms = match lesson {
+        Lesson::Cpu => {
+            let solo_ms = plan.cpu.map_or(plan.ms as f64, |c| c.solo_ms);
+            solo_ms * usize::from(concurrency).div_ceil(available_cpus()) as f64
+        }
+        _ => plan.ms as f64,
+    };
+    let mut variants = Vec::new();
+    for variant in lesson.variants() {
+        progress.set_message(format!("{}/{variant}", lesson.name()));
+        let url = match lesson {
+            Lesson::Cpu => format!(
+                "{target}/cpu/{variant}?iterations={}",
+                plan.cpu.map_or(1, |c| c.iterations)
+            ),
+            // The database waits D ms itself (pg_sleep, SLEEP(), or SQLite's
+            // stallscope_sleep): the database lesson's equivalent of /sleep.
+            Lesson::Db => format!("{target}/db/{variant}/sleep?ms={}", plan.ms),
+            _ => format!("{target}/{}/{variant}?ms={}", lesson.name(), plan.ms),
+        };
+        let route = lesson.route();
+        let stalls_before = watchdog_stalls(client, target, route, variant).await;
+        let clock_before = watchdog.map(Watchdog::clock_ns);
+        let batch = fire(client, &url, concurrency, progress).await;
+        let stalls = match (watchdog, clock_before) {
+            (Some(watchdog), Some(since)) => stalls_since(watchdog, since, route, variant),
+            _ => Vec::new(),
+        };
+        let stalls_after = watchdog_stalls(client, target, route, variant).await;
+        let completions_ms = batch.completions_ms;
+        let slowest_ms = completions_ms.iter().copied().fold(0.0, f64::max);
+        let slowdown = slowest_ms / yardstick_ms(lesson, parallel_ms, &completions_ms);
+        let watchdog_stalls = stalls_after
+            .zip(stalls_before)
+            .map(|(after, before)| after.saturating_sub(before));
+        variants.push(VariantResult {
+            variant,
+            completions_ms,
+            slowest_ms,
+            slowdown,
+            verdict: Verdict::judge(slowdown, batch.errors.is_empty(), watchdog_stalls),
+            expected_to_stall: lesson.stalls(variant),
+            watchdog_stalls,
+            errors: batch.errors,
+            timeline: batch.timeline,
+            stalls,
+        });
+        // Let stragglers (sleeping blocking threads, closing sockets) settle.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    LessonResult {
+        lesson,
+        parallel_ms,
+        variants,
+    }
+}
+
+/// The stalls of `route`/`variant` that began after `since` on the watchdog's clock, in ms
+/// from then.
+fn stalls_since(watchdog: &Watchdog, since: u64, route: &str, variant: &str) -> Vec<TimelineStall> {
+    let ms_after = |ns: u64| ns.saturating_sub(since) as f64 / 1e6;
+    watchdog
+        .stalls()
+        .into_iter()
+        .filter(|(stall, _, _)| {
+            stall.started_ns >= since && stall.route == route && stall.variant == variant
+        })
+        .map(|(stall, length, _)| TimelineStall {
+            worker: stall.worker,
+            start_ms: ms_after(stall.started_ns),
+            end_ms: ms_after(stall.started_ns) + length.as_secs_f64() * 1000.0,
+        })
+        .collect()
 }
 
 /// `stallscope_stalls_total{route, variant}` as the target's `/metrics` reports it now.
@@ -309,16 +394,19 @@ async fn watchdog_stalls(
     )
 }
 
-/// Sends `n` requests at once; returns each success's completion time (ms, sorted) and
-/// a description of each failure.
-async fn fire(
-    client: &reqwest::Client,
-    url: &str,
-    n: u16,
-    progress: &ProgressBar,
-) -> (Vec<f64>, Vec<String>) {
+/// What one batch of requests did.
+struct Batch {
+    /// Each success's completion, ms after the batch began, fastest first.
+    completions_ms: Vec<f64>,
+    errors: Vec<String>,
+    timeline: Vec<RequestTiming>,
+}
+
+/// Sends `n` requests at once and notes when each was sent and answered.
+async fn fire(client: &reqwest::Client, url: &str, n: u16, progress: &ProgressBar) -> Batch {
     let start = Instant::now();
     let requests = (0..n).map(|_| async {
+        let sent_ms = start.elapsed().as_secs_f64() * 1000.0;
         let outcome = match client.get(url).send().await {
             Ok(response) if response.status().is_success() => {
                 // Read the body so completion means "the client has the answer".
@@ -331,21 +419,31 @@ async fn fire(
             Err(err) => Err(err.to_string()),
         };
         progress.inc(1);
-        outcome
+        (sent_ms, outcome)
     });
-    let mut completions = Vec::new();
-    let mut errors = Vec::new();
-    for outcome in join_all(requests).await {
-        match outcome {
-            Ok(ms) => completions.push(ms),
-            Err(err) => errors.push(err),
-        }
+    let mut batch = Batch {
+        completions_ms: Vec::new(),
+        errors: Vec::new(),
+        timeline: Vec::new(),
+    };
+    for (sent_ms, outcome) in join_all(requests).await {
+        let done_ms = match outcome {
+            Ok(ms) => {
+                batch.completions_ms.push(ms);
+                Some(ms)
+            }
+            Err(err) => {
+                batch.errors.push(err);
+                None
+            }
+        };
+        batch.timeline.push(RequestTiming { sent_ms, done_ms });
     }
-    completions.sort_by(f64::total_cmp);
-    (completions, errors)
+    batch.completions_ms.sort_by(f64::total_cmp);
+    batch
 }
 
-async fn wait_until_ready(client: &reqwest::Client, target: &str) -> anyhow::Result<()> {
+pub async fn wait_until_ready(client: &reqwest::Client, target: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match client.get(format!("{target}/healthz")).send().await {

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::handler::Handler;
 use axum::http::Uri;
-use axum::response::Redirect;
 use axum::routing::{MethodFilter, MethodRouter};
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -91,7 +90,6 @@ pub fn route_variants() -> RouteVariants {
 pub fn router(state: AppState) -> Router {
     let observed = Observed::new(&state.telemetry);
     let router = Router::new()
-        .route("/", observed.get(front_page))
         .route("/healthz", observed.get(health::healthz))
         .route("/readyz", observed.get(health::readyz))
         .route("/hello", observed.get(health::hello))
@@ -102,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route(DB_USER_ROUTE, observed.get(db::user))
         .route(DB_SLEEP_ROUTE, observed.get(db::sleep))
         .merge(users::router(&observed))
+        .merge(crate::page::routes())
         .merge(observed.router(
             SwaggerUi::new("/docs").url("/openapi.json", openapi::document(&state.limits)),
         ));
@@ -195,12 +194,6 @@ impl Observed {
                 .method_not_allowed_fallback(method_not_allowed),
         }
     }
-}
-
-/// `/` sends a browser to the interactive API docs, where every lesson runs from a button.
-/// Temporary (307): `/` is meant to become a page of its own.
-async fn front_page() -> Redirect {
-    Redirect::temporary("/docs/")
 }
 
 async fn not_found(uri: Uri) -> AppError {

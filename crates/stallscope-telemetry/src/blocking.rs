@@ -4,7 +4,8 @@
 //! saturation visible: per call site, how long jobs queued for a thread (above zero only when
 //! the pool is at `--max-blocking-threads`), how long they ran, and how many are in flight.
 
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinError;
 
@@ -38,6 +39,7 @@ where
         let _in_flight = in_flight;
         let _entered = span.enter();
         let waited = submitted.elapsed();
+        call_site_waited(call_site, waited);
         metrics::histogram!(BLOCKING_QUEUE_WAIT, "call_site" => call_site)
             .record(waited.as_secs_f64());
         span.record(
@@ -60,6 +62,7 @@ struct InFlight(&'static str);
 impl InFlight {
     fn enter(call_site: &'static str) -> Self {
         metrics::gauge!(BLOCKING_IN_FLIGHT, "call_site" => call_site).increment(1.0);
+        with_call_site(call_site, |site| site.in_flight += 1);
         Self(call_site)
     }
 }
@@ -67,5 +70,81 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         metrics::gauge!(BLOCKING_IN_FLIGHT, "call_site" => self.0).decrement(1.0);
+        with_call_site(self.0, |site| {
+            site.in_flight = site.in_flight.saturating_sub(1)
+        });
     }
+}
+
+/// A call site's figures for the live feed: what `/metrics` has as histograms, as the
+/// current values a page shows (the recorder's histograms cannot be read back).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallSiteFigures {
+    pub call_site: &'static str,
+    /// Jobs submitted and not finished (queued or running).
+    pub in_flight: u64,
+    /// The longest queue wait of a job that started in the last [`WAIT_WINDOW`].
+    pub recent_max_wait: Duration,
+    window_started: Option<Instant>,
+}
+
+/// How far back [`CallSiteFigures::recent_max_wait`] looks.
+pub const WAIT_WINDOW: Duration = Duration::from_secs(10);
+
+/// Every call site seen, in order of first use. A blocking job already costs a thread
+/// hand-over; one uncontended lock beside it is noise.
+static CALL_SITES: Mutex<Vec<CallSiteFigures>> = Mutex::new(Vec::new());
+
+fn with_call_site(call_site: &'static str, update: impl FnOnce(&mut CallSiteFigures)) {
+    let Ok(mut sites) = CALL_SITES.lock() else {
+        return;
+    };
+    let index = match sites.iter().position(|s| s.call_site == call_site) {
+        Some(index) => index,
+        None => {
+            sites.push(CallSiteFigures {
+                call_site,
+                in_flight: 0,
+                recent_max_wait: Duration::ZERO,
+                window_started: None,
+            });
+            sites.len() - 1
+        }
+    };
+    update(&mut sites[index]);
+}
+
+fn call_site_waited(call_site: &'static str, waited: Duration) {
+    with_call_site(call_site, |site| {
+        let now = Instant::now();
+        match site.window_started {
+            Some(started) if now.duration_since(started) < WAIT_WINDOW => {
+                site.recent_max_wait = site.recent_max_wait.max(waited);
+            }
+            _ => {
+                site.window_started = Some(now);
+                site.recent_max_wait = waited;
+            }
+        }
+    });
+}
+
+/// Every call site's figures now.
+pub fn call_sites() -> Vec<CallSiteFigures> {
+    let Ok(sites) = CALL_SITES.lock() else {
+        return Vec::new();
+    };
+    sites
+        .iter()
+        .map(|site| {
+            let mut site = site.clone();
+            if site
+                .window_started
+                .is_none_or(|started| started.elapsed() >= WAIT_WINDOW * 2)
+            {
+                site.recent_max_wait = Duration::ZERO;
+            }
+            site
+        })
+        .collect()
 }

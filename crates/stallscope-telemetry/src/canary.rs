@@ -43,21 +43,70 @@ impl LagMax {
     }
 }
 
+/// When the canary last ran and how late, for the live feed, which must show the lag growing
+/// *during* a stall: the canary cannot say anything until the stall ends, but how long it
+/// has been overdue can be read from any thread.
+#[derive(Debug)]
+pub struct Heartbeat {
+    origin: std::time::Instant,
+    interval: Duration,
+    /// Nanoseconds after `origin` at which the canary last ran.
+    last_ran_ns: AtomicU64,
+    last_late_ns: AtomicU64,
+}
+
+impl Heartbeat {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            origin: std::time::Instant::now(),
+            interval,
+            last_ran_ns: AtomicU64::new(0),
+            last_late_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self, late: Duration) {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_ran_ns.store(now, Ordering::Relaxed);
+        let late = u64::try_from(late.as_nanos()).unwrap_or(u64::MAX);
+        self.last_late_ns.store(late, Ordering::Relaxed);
+    }
+
+    /// The executor's lag as of now: how late the canary last ran, or how overdue it is if
+    /// that is more (a stall in progress). Zero before the canary first runs.
+    pub fn lag_now(&self) -> Duration {
+        let last_ran = self.last_ran_ns.load(Ordering::Relaxed);
+        if last_ran == 0 {
+            return Duration::ZERO;
+        }
+        let due = Duration::from_nanos(last_ran) + self.interval;
+        let overdue = self.origin.elapsed().saturating_sub(due);
+        overdue.max(Duration::from_nanos(
+            self.last_late_ns.load(Ordering::Relaxed),
+        ))
+    }
+}
+
 /// Spawns the canary on the current runtime, as a named task (visible in tokio-console).
-pub fn spawn(interval: Duration, max: Arc<LagMax>) -> std::io::Result<()> {
+pub fn spawn(
+    interval: Duration,
+    max: Arc<LagMax>,
+    heartbeat: Arc<Heartbeat>,
+) -> std::io::Result<()> {
     tokio::task::Builder::new()
         .name("executor-lag-canary")
-        .spawn(run(interval, max))?;
+        .spawn(run(interval, max, heartbeat))?;
     Ok(())
 }
 
-async fn run(interval: Duration, max: Arc<LagMax>) {
+async fn run(interval: Duration, max: Arc<LagMax>, heartbeat: Arc<Heartbeat>) {
     let lag = metrics::histogram!(EXECUTOR_LAG);
     loop {
         let due = Instant::now() + interval;
         tokio::time::sleep_until(due).await;
         let late = Instant::now().saturating_duration_since(due);
         max.observe(late);
+        heartbeat.beat(late);
         for sample in lateness_samples(late, interval) {
             lag.record(sample.as_secs_f64());
         }
@@ -110,6 +159,18 @@ mod tests {
             lateness_samples(Duration::from_secs(1), Duration::ZERO).count(),
             1
         );
+    }
+
+    #[test]
+    fn the_heartbeat_shows_a_stall_while_it_lasts() {
+        let heartbeat = Heartbeat::new(TICK);
+        assert_eq!(heartbeat.lag_now(), Duration::ZERO, "not run yet");
+        heartbeat.beat(Duration::from_micros(200));
+        assert!(heartbeat.lag_now() < Duration::from_millis(5));
+        // Nobody runs the canary for 60 ms: it is overdue by about 50.
+        std::thread::sleep(Duration::from_millis(60));
+        let lag = heartbeat.lag_now();
+        assert!(lag >= Duration::from_millis(45), "{lag:?}");
     }
 
     #[test]

@@ -34,10 +34,12 @@ pub mod canary;
 pub mod clock;
 pub mod cpu_wait;
 pub mod exposition;
+pub mod front_door;
 pub mod http_metrics;
 mod id_header;
 pub mod in_flight;
 pub mod in_request;
+pub mod live;
 pub mod logging;
 pub mod metric_names;
 pub mod metrics_endpoint;
@@ -75,6 +77,8 @@ pub struct Telemetry {
     pub in_flight: Arc<in_flight::InFlightRequests>,
     /// The canary's largest lag since the last scrape.
     lag_max: Arc<canary::LagMax>,
+    /// When the canary last ran: the live feed's lag.
+    pub heartbeat: Arc<canary::Heartbeat>,
     /// The service runtime, known once it runs; `/metrics` reads its figures from any thread.
     runtime: OnceLock<Handle>,
     settings: Settings,
@@ -89,6 +93,7 @@ impl Telemetry {
             watchdog: Watchdog::new(settings.stall_threshold),
             in_flight: Arc::default(),
             lag_max: Arc::default(),
+            heartbeat: Arc::new(canary::Heartbeat::new(settings.canary_interval)),
             runtime: OnceLock::new(),
             settings,
         })
@@ -102,7 +107,11 @@ impl Telemetry {
         if !self.enabled() {
             return Ok(());
         }
-        canary::spawn(self.settings.canary_interval, Arc::clone(&self.lag_max))?;
+        canary::spawn(
+            self.settings.canary_interval,
+            Arc::clone(&self.lag_max),
+            Arc::clone(&self.heartbeat),
+        )?;
         let prometheus = self.prometheus.clone();
         tokio::task::Builder::new()
             .name("metrics-upkeep")
@@ -115,6 +124,11 @@ impl Telemetry {
             })?;
         self.watchdog
             .spawn_scanner(self.settings.watchdog_scan_interval)
+    }
+
+    /// The service runtime, once [`Self::start`] ran.
+    pub fn runtime(&self) -> Option<Handle> {
+        self.runtime.get().cloned()
     }
 
     /// The routes' declared `variant` labels.

@@ -176,6 +176,10 @@ where
                     .watchdog
                     .exposure(*this.started, ended, this.context.ids);
             if let Some(exposure) = &exposure {
+                in_flight
+                    .instruments
+                    .watchdog
+                    .record_victim(this.context, exposure);
                 name_the_culprit(this.span.as_ref(), this.context, exposure);
             }
             finish_request(

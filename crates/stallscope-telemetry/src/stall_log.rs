@@ -53,6 +53,8 @@ pub struct Stall {
     pub variant: &'static str,
     /// The culprit request's ids; `None` for a background task's poll.
     pub culprit: Option<SpanIds>,
+    /// The culprit request's id (`x-request-id`); `None` for a background task's poll.
+    pub request_id: Option<String>,
     /// Blocking code, or a host that kept the worker from a CPU.
     pub cause: Cause,
 }
@@ -70,9 +72,26 @@ pub struct Exposure {
     pub culprit: Stall,
 }
 
+/// A request that lived through a stall, as the live feed lists it beside its culprit.
+#[derive(Debug, Clone)]
+pub struct Victim {
+    /// The culprit stall's start and worker: which stall of the log it is.
+    pub stall_started_ns: u64,
+    pub stall_worker: String,
+    pub route: &'static str,
+    pub variant: &'static str,
+    pub request_id: String,
+    /// How long stalls were in progress while it was (see [`Exposure`]).
+    pub delayed: Duration,
+}
+
+/// How many victims are kept for the live feed, oldest dropped first.
+const VICTIMS_KEPT: usize = 512;
+
 #[derive(Default)]
 pub struct StallLog {
     stalls: Mutex<VecDeque<(PollKey, Stall)>>,
+    victims: Mutex<VecDeque<Victim>>,
     /// Stalls in progress; with [`Self::last_end_ns`], lets a request that overlapped none
     /// (nearly all of them) skip the lock.
     in_progress: AtomicUsize,
@@ -121,6 +140,40 @@ impl StallLog {
             }
             _ => true,
         });
+    }
+
+    /// A request that overlapped `exposure.culprit` (and others) ended.
+    pub fn victim(&self, victim: Victim) {
+        let Ok(mut victims) = self.victims.lock() else {
+            return;
+        };
+        if victims.len() == VICTIMS_KEPT {
+            victims.pop_front();
+        }
+        victims.push_back(victim);
+    }
+
+    /// Every stall kept (in progress and recently ended, oldest first) and the victims of
+    /// each, for the live feed.
+    pub fn listing(&self) -> Vec<(Stall, Vec<Victim>)> {
+        let stalls: Vec<Stall> = match self.stalls.lock() {
+            Ok(stalls) => stalls.iter().map(|(_, stall)| stall.clone()).collect(),
+            Err(_) => return Vec::new(),
+        };
+        let victims = self.victims.lock().map(|v| v.clone()).unwrap_or_default();
+        stalls
+            .into_iter()
+            .map(|stall| {
+                let of_it = victims
+                    .iter()
+                    .filter(|v| {
+                        v.stall_started_ns == stall.started_ns && v.stall_worker == stall.worker
+                    })
+                    .cloned()
+                    .collect();
+                (stall, of_it)
+            })
+            .collect()
     }
 
     /// The stalls a request that ran from `started_ns` to `now_ns` lived through, other than
@@ -186,6 +239,7 @@ mod tests {
             route,
             variant: "blocking",
             culprit,
+            request_id: None,
             cause: Cause::Code,
         }
     }
@@ -252,5 +306,32 @@ mod tests {
         });
         let kept = log.stalls.lock().expect("lock").len();
         assert_eq!(kept, 1, "older than the window: forgotten");
+    }
+
+    #[test]
+    fn the_listing_puts_each_victim_beside_its_culprit() {
+        let log = StallLog::default();
+        log.began((1, 1), stall("/sleep", 100, Some(ids(2))));
+        log.began((2, 1), stall("/cpu", 150, Some(ids(3))));
+        log.ended((1, 1), 400 * MS, seen);
+        let exposure = log.overlap(120 * MS, 390 * MS, ids(1)).expect("overlapped");
+        for n in 0..(VICTIMS_KEPT + 3) {
+            log.victim(Victim {
+                stall_started_ns: exposure.culprit.started_ns,
+                stall_worker: exposure.culprit.worker.clone(),
+                route: "/hello",
+                variant: "none",
+                request_id: format!("req-{n}"),
+                delayed: exposure.overlap,
+            });
+        }
+        let listing = log.listing();
+        assert_eq!(listing.len(), 2);
+        let (sleep, victims) = &listing[0];
+        assert_eq!((sleep.route, sleep.ended_ns), ("/sleep", Some(400 * MS)));
+        assert_eq!(victims.len(), VICTIMS_KEPT, "victims are bounded");
+        assert_eq!(victims[0].request_id, "req-3", "the oldest go first");
+        let (cpu, none) = &listing[1];
+        assert_eq!((cpu.route, cpu.ended_ns, none.len()), ("/cpu", None, 0));
     }
 }

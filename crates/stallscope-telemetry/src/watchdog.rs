@@ -25,7 +25,7 @@ use super::cpu_wait::{Cause, ThreadStat, Throttling, WaitSample};
 use super::metric_names::{STALL_DURATION, STALLS, STALLS_IN_PROGRESS};
 use super::request_context::RequestContext;
 use super::span_ids::SpanIds;
-use super::stall_log::{Exposure, PollKey, Stall, StallLog, StallReport};
+use super::stall_log::{Exposure, PollKey, Stall, StallLog, StallReport, Victim};
 
 /// Label values used for polls that belong to no HTTP request (background tasks).
 pub const NON_REQUEST_ROUTE: &str = "task";
@@ -133,6 +133,11 @@ impl Watchdog {
         self.ns_at(Stamp::now())
     }
 
+    /// Now on the clock stalls are stamped with ([`Stall::started_ns`]).
+    pub fn clock_ns(&self) -> u64 {
+        self.now_ns()
+    }
+
     fn ns_at(&self, stamp: Stamp) -> u64 {
         // +1 keeps 0 free to mean "idle"; u64 nanoseconds last 584 years.
         // The time-stamp counter, not `Instant`: this runs twice per task poll (see `clock`).
@@ -186,6 +191,59 @@ impl Watchdog {
     pub fn exposure(&self, started: Stamp, ended: Stamp, own: SpanIds) -> Option<Exposure> {
         self.stalls
             .overlap(self.ns_at(started), self.ns_at(ended), own)
+    }
+
+    /// A request that overlapped stalls ended: it is listed beside its culprit in the live
+    /// feed ([`Self::stalls`]).
+    pub fn record_victim(&self, victim: &RequestContext, exposure: &Exposure) {
+        self.stalls.victim(Victim {
+            stall_started_ns: exposure.culprit.started_ns,
+            stall_worker: exposure.culprit.worker.clone(),
+            route: victim.route,
+            variant: victim.variant,
+            request_id: victim.request_id().to_owned(),
+            delayed: exposure.overlap,
+        });
+    }
+
+    /// The stalls in progress and recently ended, oldest first, each with its victims and
+    /// its length so far (in progress) or in full.
+    pub fn stalls(&self) -> Vec<(Stall, Duration, Vec<Victim>)> {
+        let now = self.now_ns();
+        self.stalls
+            .listing()
+            .into_iter()
+            .map(|(stall, victims)| {
+                let length = stall
+                    .ended_ns
+                    .unwrap_or(now)
+                    .saturating_sub(stall.started_ns);
+                (stall, Duration::from_nanos(length), victims)
+            })
+            .collect()
+    }
+
+    /// How long the poll running on each thread has been running (zero when idle), for the
+    /// live feed's busy figures: a worker blocked in one poll reports nothing to Tokio's
+    /// busy counters until the poll ends.
+    pub fn running_polls(&self) -> Vec<(std::thread::ThreadId, Duration)> {
+        let now = self.now_ns();
+        let Ok(slots) = self.slots.lock() else {
+            return Vec::new();
+        };
+        slots
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|slot| {
+                let started = slot.started_ns.load(Ordering::Acquire);
+                let running = if started == 0 {
+                    0
+                } else {
+                    now.saturating_sub(started)
+                };
+                (slot.thread, Duration::from_nanos(running))
+            })
+            .collect()
     }
 
     fn with_slot<R>(&self, f: impl FnOnce(&Slot) -> R) -> R {
@@ -469,6 +527,7 @@ fn stall_of(slot: &Slot, started: u64, request: Option<&RequestContext>, cause: 
         route,
         variant,
         culprit: request.map(|r| r.ids),
+        request_id: request.map(|r| r.request_id().to_owned()),
         cause,
     }
 }
