@@ -81,7 +81,9 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(log.contains("draining"), "{log}");
     // The start-up line gives URLs a terminal makes clickable, not bare paths.
     assert!(
-        log.contains(&format!("open {base}/docs to run the lessons")),
+        log.contains(&format!(
+            "open {base}/ to watch stalls live and run the lessons; API docs at {base}/docs"
+        )),
         "{log}"
     );
     assert!(reqwest::get(format!("{base}/healthz")).await.is_err());

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # What a newcomer clicks first, in a real browser: Debian's Chromium, driven by playwright-core
-# (never a downloaded browser), against the release binary. `/` must lead to the API docs, and
-# Swagger UI's "Try it out" → "Execute" must answer 200 on every lesson operation with the
-# values the document fills in, and the page must fetch nothing from outside loopback.
+# (never a downloaded browser), against the release binary. The live page at `/`, on a service
+# with one worker, must name a stall while it runs, keep changing through it and draw the sleep
+# lesson's verdicts from its button (live-page.mjs); its "API docs" link must lead to Swagger
+# UI, whose "Try it out" → "Execute" must answer 200 on every lesson operation with the values
+# the document fills in (swagger.mjs). No page may fetch anything from outside loopback.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/checks/lib.sh
@@ -37,6 +39,24 @@ shots=$(artifacts_dir browser)
 if ! node "$here/swagger.mjs" "http://127.0.0.1:$port" "$shots"; then
   echo "service log:" >&2
   cat "$tmp/service.log" >&2
+  exit 1
+fi
+
+# The live page, on one worker as in the tutorial: a stall there holds the whole service.
+live_port=$(free_port)
+"$bin" serve --bind "127.0.0.1:$live_port" --workers 1 --database-url "sqlite://$tmp/live.db" \
+  >"$tmp/live.log" 2>&1 &
+live=$!
+cleanup_live() {
+  kill "$live" 2>/dev/null || true
+  wait "$live" 2>/dev/null || true
+  cleanup
+}
+trap cleanup_live EXIT
+wait_until_up "http://127.0.0.1:$live_port/readyz" "$live"
+if ! node "$here/live-page.mjs" "http://127.0.0.1:$live_port" "$shots"; then
+  echo "service log:" >&2
+  cat "$tmp/live.log" >&2
   exit 1
 fi
 echo "screenshots in $shots"

@@ -29,7 +29,7 @@ function ms(value) {
 
 function traceLink(traceId) {
   if (!traceId) return null;
-  if (!config.trace_url) return el("code", { title: "trace id" }, traceId.slice(0, 16) + "…");
+  if (!config.trace_url) return el("span", { class: "quiet" }, "trace ", el("code", { title: traceId }, traceId.slice(0, 16) + "…"));
   return el("a", { href: config.trace_url.replace("{trace_id}", traceId), target: "_blank", rel: "noopener" }, "trace");
 }
 
@@ -195,11 +195,12 @@ function timeline(variant) {
     return node;
   };
   const rows = variant.timeline.length;
-  const workers = [...new Set(variant.stalls.map((s) => s.worker))];
-  const end = Math.max(1, ...variant.timeline.map((r) => r.done_ms || r.sent_ms), ...variant.stalls.map((s) => s.end_ms));
-  const width = 640, left = 110, row = 16;
+  const stalls = variant.stalls || []; // absent when the watchdog saw none
+  const workers = [...new Set(stalls.map((s) => s.worker))];
+  const end = Math.max(1, ...variant.timeline.map((r) => r.done_ms || r.sent_ms), ...stalls.map((s) => s.end_ms));
+  const width = 640, left = 110, right = 60, row = 16;
   const height = (rows + workers.length) * row + 24;
-  const x = (t) => left + (t / end) * (width - left - 10);
+  const x = (t) => left + (t / end) * (width - left - right);
   const root = svg("svg", { class: "timeline", width: "100%", viewBox: `0 0 ${width} ${height}`, role: "img",
     "aria-label": `${variant.variant}: ${rows} requests; slowest answered after ${ms(variant.slowest_ms)}` });
   variant.timeline.forEach((r, i) => {
@@ -207,18 +208,18 @@ function timeline(variant) {
     root.append(svg("text", { x: 4, y: yy + 11 }, `request ${i + 1}`));
     const done = r.done_ms === null ? end : r.done_ms;
     root.append(svg("rect", { class: r.done_ms === null ? "failed" : "request", x: x(r.sent_ms), y: yy + 2, width: Math.max(1, x(done) - x(r.sent_ms)), height: row - 5, rx: 2 }));
-    root.append(svg("text", { x: Math.min(x(done) + 4, width - 50), y: yy + 11 }, r.done_ms === null ? "failed" : ms(r.done_ms)));
+    root.append(svg("text", { x: x(done) + 4, y: yy + 11 }, r.done_ms === null ? "failed" : ms(r.done_ms)));
   });
   workers.forEach((worker, j) => {
     const yy = (rows + j) * row + 4;
     root.append(svg("text", { x: 4, y: yy + 11, class: "stall-label" }, worker));
-    for (const s of variant.stalls.filter((s) => s.worker === worker)) {
+    for (const s of stalls.filter((s) => s.worker === worker)) {
       root.append(svg("rect", { class: "stalled", x: x(s.start_ms), y: 0, width: Math.max(2, x(s.end_ms) - x(s.start_ms)), height: yy + row, rx: 2 }));
       root.append(svg("text", { x: x(s.start_ms) + 3, y: yy + 11, class: "stall-label" }, `stall ${ms(s.end_ms - s.start_ms)}`));
     }
   });
   root.append(svg("text", { x: left, y: height - 4 }, "0"));
-  root.append(svg("text", { x: width - 60, y: height - 4 }, ms(end)));
+  root.append(svg("text", { x: x(end) - 20, y: height - 4 }, ms(end)));
   return root;
 }
 
@@ -264,8 +265,8 @@ async function runLesson(lesson, section, button, status) {
           ` slowest ${ms(variant.slowest_ms)} (${variant.slowdown.toFixed(2)} × parallel), ` +
           `${variant.watchdog_stalls ?? "?"} stall(s) caught by the watchdog`,
           agrees ? "" : " — not what the lesson expects on this machine"),
-        timeline(variant),
-        variant.errors && variant.errors.length ? el("p", { class: "error" }, variant.errors.join("; ")) : null);
+        timeline(variant));
+      if (variant.errors && variant.errors.length) target.append(el("p", { class: "error" }, variant.errors.join("; ")));
     }
   } catch (err) {
     status.textContent = "";

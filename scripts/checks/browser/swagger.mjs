@@ -1,9 +1,9 @@
-// Swagger UI as a newcomer uses it: open `/`, land on the docs, and on every lesson operation
-// click "Try it out" then "Execute" without typing anything. Each must answer 200.
+// Swagger UI as a newcomer uses it: follow the live page's "API docs" link, and on every lesson
+// operation click "Try it out" then "Execute" without typing anything. Each must answer 200.
 //
 //   node swagger.mjs BASE_URL SCREENSHOT_DIR
 //
-// Fails (exit 1) naming the operation on: no redirect from `/`, a variant that is not a
+// Fails (exit 1) naming the operation on: no docs link on `/`, a variant that is not a
 // dropdown of the lesson's variants, an Execute that never answers or answers another status,
 // an error in the browser console, or any request leaving loopback.
 import { chromium } from "playwright-core";
@@ -36,8 +36,9 @@ try {
   page.on("pageerror", (error) => consoleErrors.push(String(error)));
 
   await page.goto(`${base}/`);
+  await page.getByRole("link", { name: "API docs" }).click();
   if (!new URL(page.url()).pathname.startsWith("/docs")) {
-    failures.push(`/ did not lead to the docs: the browser is at ${page.url()}`);
+    failures.push(`the live page's "API docs" link did not lead to the docs: the browser is at ${page.url()}`);
   }
   await page.waitForSelector(".opblock", { timeout: 15000 });
   await page.screenshot({ path: `${shots}/docs.png` });
