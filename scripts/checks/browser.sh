@@ -44,8 +44,9 @@ fi
 
 # The live page, on one worker as in the tutorial: a stall there holds the whole service.
 live_port=$(free_port)
+# A trace UI address (nothing listens there: the check reads the link, never follows it).
 "$bin" serve --bind "127.0.0.1:$live_port" --workers 1 --database-url "sqlite://$tmp/live.db" \
-  >"$tmp/live.log" 2>&1 &
+  --trace-url 'http://127.0.0.1:9/trace/{trace_id}' >"$tmp/live.log" 2>&1 &
 live=$!
 cleanup_live() {
   kill "$live" 2>/dev/null || true

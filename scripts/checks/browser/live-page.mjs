@@ -4,7 +4,8 @@
 //
 //   node live-page.mjs BASE_URL SCREENSHOT_DIR
 //
-// Fails (exit 1) naming what went wrong: no stall named 1.5 s into it, a page that stood still
+// Fails (exit 1) naming what went wrong: no stall named 1.5 s into it (with its request id and
+// a link to its trace through --trace-url), a page that stood still
 // between 1.5 s and 2.5 s, a verdict other than "blocking serialised, the rest parallel", an
 // error in the browser console, or any request leaving loopback.
 import { chromium } from "playwright-core";
@@ -40,6 +41,7 @@ try {
     stalls: document.getElementById("stalls-now").innerText,
     lag: document.getElementById("lag").innerText,
     named: [...document.querySelectorAll(".stall-now")].map((n) => `${n.dataset.route} ${n.dataset.variant}`),
+    traces: [...document.querySelectorAll(".stall-now a")].map((a) => a.href),
   }));
 
   await at(1500);
@@ -49,6 +51,9 @@ try {
     failures.push(`1.5 s into a 3 s /sleep/blocking the page names [${early.named}], not "/sleep/{variant} blocking"`);
   }
   if (!early.stalls.includes("browser-stall")) failures.push(`the stall in progress does not name its request id: ${early.stalls}`);
+  if (!early.traces.some((href) => /^http:\/\/127\.0\.0\.1:9\/trace\/[0-9a-f]{32}$/.test(href))) {
+    failures.push(`the stall does not link its trace through --trace-url: [${early.traces}]`);
+  }
   await at(2000);
   await page.screenshot({ path: `${shots}/live-page.png` });
   await at(2500);
