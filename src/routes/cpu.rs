@@ -5,16 +5,17 @@
 //! physics: N CPU-bound requests still need N free cores to finish together.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::State;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use super::params::QueryParams;
+use super::lesson_request::{Chosen, Iterations, LessonVariant};
+use super::problems::{BadIterations, UnknownVariant};
 use super::report::{WorkDone, WorkReport};
 use super::variant::lesson_variants;
 use crate::blocking::run_blocking;
-use crate::error::{AppError, ProblemDoc};
+use crate::error::AppError;
 use crate::state::AppState;
 use crate::telemetry::request_context;
 
@@ -70,26 +71,14 @@ fn hash_and_report(iterations: u64) -> WorkDone {
         ("variant" = inline(CpuVariant), Path, description = "Where to hash: `inline` is the stalling one"),
         ("iterations" = Option<u64>, Query, description = "SHA-256 rounds (1 to `--max-cpu-iterations`; the default takes about a second on a current x86-64 core)"),
     ),
-    responses(
-        (status = 200, description = "Hashed", body = WorkReport),
-        (status = 400, description = "Bad `iterations`", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown variant", body = ProblemDoc, content_type = "application/problem+json"),
-    )
+    responses((status = 200, description = "Hashed", body = WorkReport), BadIterations, UnknownVariant)
 )]
 pub async fn handler(
     State(state): State<AppState>,
-    Path(variant): Path<String>,
-    RawQuery(query): RawQuery,
+    Chosen(variant): Chosen<CpuVariant>,
+    Iterations(iterations): Iterations,
 ) -> Result<Json<WorkReport>, AppError> {
-    let variant: CpuVariant = variant.parse()?;
-    let iterations =
-        QueryParams::parse(query.as_deref()).within("iterations", state.limits.cpu_iterations())?;
-    let report = WorkReport::begin(
-        CpuVariant::LESSON,
-        variant.as_str(),
-        variant.lesson(),
-        json!({ "iterations": iterations }),
-    );
+    let report = variant.report(json!({ "iterations": iterations }));
     let done = match variant {
         CpuVariant::Inline => hash_inline(iterations).await,
         CpuVariant::SpawnBlocking => hash_on_blocking_pool(iterations).await?,

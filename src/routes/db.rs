@@ -12,10 +12,11 @@
 //! `spawn-blocking` under the hood (and still do not stall).
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use serde_json::json;
 
-use super::params::QueryParams;
+use super::lesson_request::{Chosen, LessonVariant, WaitMs};
+use super::problems::{BadId, BadMs, DatabaseUnreachable, UnknownVariant};
 use super::report::{WorkDone, WorkReport};
 use super::variant::lesson_variants;
 use crate::blocking::run_blocking;
@@ -58,23 +59,18 @@ lesson_variants! {
     ),
     responses(
         (status = 200, description = "Found; `output.user` is the user (never the password hash)", body = WorkReport),
-        (status = 400, description = "Bad id", body = ProblemDoc, content_type = "application/problem+json"),
+        BadId,
         (status = 404, description = "Unknown variant or no such user", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Database unreachable", body = ProblemDoc, content_type = "application/problem+json"),
+        DatabaseUnreachable,
     )
 )]
 pub async fn user(
     State(state): State<AppState>,
-    Path((variant, id)): Path<(String, String)>,
+    Chosen(variant): Chosen<DbVariant>,
+    Path((_variant, id)): Path<(String, String)>,
 ) -> Result<Json<WorkReport>, AppError> {
-    let variant: DbVariant = variant.parse()?;
     let id = super::users::parse_id(&id)?;
-    let report = WorkReport::begin(
-        DbVariant::LESSON,
-        variant.as_str(),
-        variant.lesson(),
-        json!({ "user_id": id }),
-    );
+    let report = variant.report(json!({ "user_id": id }));
     let db = &state.db;
     let (found, thread) = match variant {
         DbVariant::Async => user_async(db, id).await?,
@@ -105,24 +101,17 @@ pub async fn user(
     ),
     responses(
         (status = 200, description = "The database waited", body = WorkReport),
-        (status = 400, description = "Bad `ms`", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown variant", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Database unreachable", body = ProblemDoc, content_type = "application/problem+json"),
+        BadMs,
+        UnknownVariant,
+        DatabaseUnreachable,
     )
 )]
 pub async fn sleep(
     State(state): State<AppState>,
-    Path(variant): Path<String>,
-    RawQuery(query): RawQuery,
+    Chosen(variant): Chosen<DbVariant>,
+    WaitMs(ms): WaitMs,
 ) -> Result<Json<WorkReport>, AppError> {
-    let variant: DbVariant = variant.parse()?;
-    let ms = QueryParams::parse(query.as_deref()).within("ms", state.limits.ms())?;
-    let report = WorkReport::begin(
-        DbVariant::LESSON,
-        variant.as_str(),
-        variant.lesson(),
-        json!({ "ms": ms }),
-    );
+    let report = variant.report(json!({ "ms": ms }));
     let db = &state.db;
     let thread = match variant {
         DbVariant::Async => sleep_async(db, ms).await?,

@@ -3,9 +3,11 @@
 pub mod cpu;
 pub mod db;
 pub mod health;
+pub mod lesson_request;
 pub mod metrics;
 pub mod openapi;
 pub mod params;
+pub mod problems;
 pub mod report;
 pub mod sleep;
 pub mod upstream;

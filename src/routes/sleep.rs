@@ -7,15 +7,14 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
 use serde_json::json;
 
-use super::params::QueryParams;
+use super::lesson_request::{Chosen, LessonVariant, WaitMs};
+use super::problems::{BadMs, UnknownVariant};
 use super::report::{WorkDone, WorkReport};
 use super::variant::lesson_variants;
 use crate::blocking::run_blocking;
-use crate::error::{AppError, ProblemDoc};
-use crate::state::AppState;
+use crate::error::AppError;
 
 lesson_variants! {
     /// The ways to wait `ms` milliseconds inside an async handler.
@@ -49,25 +48,13 @@ lesson_variants! {
         ("variant" = inline(SleepVariant), Path, description = "How to wait: `blocking` is the stalling one"),
         ("ms" = Option<u64>, Query, description = "How long to sleep, in milliseconds (0 to `--max-sleep-ms`; default one second)"),
     ),
-    responses(
-        (status = 200, description = "Slept", body = WorkReport),
-        (status = 400, description = "Bad `ms`", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown variant", body = ProblemDoc, content_type = "application/problem+json"),
-    )
+    responses((status = 200, description = "Slept", body = WorkReport), BadMs, UnknownVariant)
 )]
 pub async fn handler(
-    State(state): State<AppState>,
-    Path(variant): Path<String>,
-    RawQuery(query): RawQuery,
+    Chosen(variant): Chosen<SleepVariant>,
+    WaitMs(ms): WaitMs,
 ) -> Result<Json<WorkReport>, AppError> {
-    let variant: SleepVariant = variant.parse()?;
-    let ms = QueryParams::parse(query.as_deref()).within("ms", state.limits.ms())?;
-    let report = WorkReport::begin(
-        SleepVariant::LESSON,
-        variant.as_str(),
-        variant.lesson(),
-        json!({ "ms": ms }),
-    );
+    let report = variant.report(json!({ "ms": ms }));
     let duration = Duration::from_millis(ms);
     let done = match variant {
         SleepVariant::Async => sleep_async(duration).await,

@@ -5,10 +5,11 @@
 //! worker polling the handler for the whole round trip.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::State;
 use serde_json::json;
 
-use super::params::QueryParams;
+use super::lesson_request::{Chosen, LessonVariant, WaitMs};
+use super::problems::{BadMs, UnknownVariant};
 use super::report::{WorkDone, WorkReport};
 use super::variant::lesson_variants;
 use crate::blocking::run_blocking;
@@ -45,25 +46,18 @@ lesson_variants! {
     ),
     responses(
         (status = 200, description = "The upstream answered", body = WorkReport),
-        (status = 400, description = "Bad `ms`", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown variant", body = ProblemDoc, content_type = "application/problem+json"),
+        BadMs,
+        UnknownVariant,
         (status = 502, description = "The upstream failed", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 504, description = "The upstream timed out", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn handler(
     State(state): State<AppState>,
-    Path(variant): Path<String>,
-    RawQuery(query): RawQuery,
+    Chosen(variant): Chosen<UpstreamVariant>,
+    WaitMs(ms): WaitMs,
 ) -> Result<Json<WorkReport>, AppError> {
-    let variant: UpstreamVariant = variant.parse()?;
-    let ms = QueryParams::parse(query.as_deref()).within("ms", state.limits.ms())?;
-    let report = WorkReport::begin(
-        UpstreamVariant::LESSON,
-        variant.as_str(),
-        variant.lesson(),
-        json!({ "ms": ms }),
-    );
+    let report = variant.report(json!({ "ms": ms }));
     let clients = &state.upstream;
     let done = match variant {
         UpstreamVariant::Async => call_async(clients, ms).await?,

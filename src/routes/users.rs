@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 
 use super::Observed;
 use super::params::QueryParams;
+use super::problems::{BadId, BodyTooLarge, DatabaseUnreachable, NoSuchUser, NotJson};
 use crate::db::models::{NewUser, UserChanges, UserView, now};
 use crate::db::{DbError, queries};
 use crate::error::{AppError, FieldError, ProblemDoc};
@@ -71,10 +72,10 @@ pub struct LoginResult {
         (status = 201, description = "Created; `Location` names the new user", body = UserView),
         (status = 400, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "Username taken", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = ProblemDoc, content_type = "application/problem+json"),
+        BodyTooLarge,
+        NotJson,
         (status = 422, description = "Invalid fields, all listed in `invalid_fields`", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Database unreachable", body = ProblemDoc, content_type = "application/problem+json"),
+        DatabaseUnreachable,
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -125,9 +126,9 @@ pub async fn create(
     params(("id" = i64, Path, description = "The user's id")),
     responses(
         (status = 200, description = "The user", body = UserView),
-        (status = 400, description = "Bad id", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Database unreachable", body = ProblemDoc, content_type = "application/problem+json"),
+        BadId,
+        NoSuchUser,
+        DatabaseUnreachable,
     ))]
 pub async fn fetch(
     State(state): State<AppState>,
@@ -151,7 +152,7 @@ pub async fn fetch(
     responses(
         (status = 200, description = "A page", body = UserPage),
         (status = 400, description = "Bad limit or cursor", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Database unreachable", body = ProblemDoc, content_type = "application/problem+json"),
+        DatabaseUnreachable,
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -191,11 +192,11 @@ pub async fn list(
     responses(
         (status = 200, description = "The updated user", body = UserView),
         (status = 400, description = "Bad id or not JSON", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = ProblemDoc, content_type = "application/problem+json"),
+        NoSuchUser,
+        BodyTooLarge,
+        NotJson,
         (status = 422, description = "Invalid fields, all listed", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Database unreachable", body = ProblemDoc, content_type = "application/problem+json"),
+        DatabaseUnreachable,
     ))]
 pub async fn update(
     State(state): State<AppState>,
@@ -234,9 +235,9 @@ pub async fn update(
     params(("id" = i64, Path, description = "The user's id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Bad id", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Database unreachable", body = ProblemDoc, content_type = "application/problem+json"),
+        BadId,
+        NoSuchUser,
+        DatabaseUnreachable,
     ))]
 pub async fn remove(
     State(state): State<AppState>,
@@ -261,7 +262,7 @@ pub async fn remove(
         (status = 200, description = "The password matches", body = LoginResult),
         (status = 401, description = "Wrong username or password", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "Missing fields", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Database unreachable", body = ProblemDoc, content_type = "application/problem+json"),
+        DatabaseUnreachable,
     ))]
 pub async fn login(
     State(state): State<AppState>,

@@ -50,6 +50,18 @@ macro_rules! lesson_variants {
             }
         }
 
+        impl $crate::routes::lesson_request::LessonVariant for $name {
+            const LESSON: &'static str = $lesson;
+
+            fn name(self) -> &'static str {
+                self.as_str()
+            }
+
+            fn teaches(self) -> &'static str {
+                self.lesson()
+            }
+        }
+
         impl std::str::FromStr for $name {
             type Err = $crate::error::AppError;
 

@@ -1,0 +1,73 @@
+//! What every lesson handler starts with, as extractors: the `{variant}` segment parsed into
+//! the lesson's variants, and the bounded amount of work asked for. A handler's own code is
+//! then only its variants' difference.
+
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::request::Parts;
+
+use super::params::QueryParams;
+use super::report::{PendingReport, WorkReport};
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// A lesson's variant enum, as `lesson_variants!` declares it.
+pub trait LessonVariant: std::str::FromStr<Err = AppError> + Copy + Send + 'static {
+    /// The lesson (the first path segment): `sleep`, `cpu`, `upstream`, `db`.
+    const LESSON: &'static str;
+    /// The variant's URL name.
+    fn name(self) -> &'static str;
+    /// What it teaches, in one line.
+    fn teaches(self) -> &'static str;
+
+    /// Starts this request's report: the clock, and the worker polling the handler.
+    fn report(self, requested: serde_json::Value) -> PendingReport {
+        WorkReport::begin(Self::LESSON, self.name(), self.teaches(), requested)
+    }
+}
+
+/// The route's `{variant}` segment as the lesson's variant; an unknown one is a 404 listing
+/// the valid ones.
+pub struct Chosen<V>(pub V);
+
+impl<V: LessonVariant, S: Send + Sync> FromRequestParts<S> for Chosen<V> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|err| AppError::Internal(format!("path parameters unreadable: {err}")))?;
+        let given = params
+            .iter()
+            .find_map(|(name, value)| (name == "variant").then_some(value))
+            .ok_or_else(|| AppError::Internal("this route has no `{variant}` segment".into()))?;
+        given.parse().map(Chosen)
+    }
+}
+
+/// An extractor of one bounded whole-number query parameter, its bounds from the limits.
+macro_rules! bounded_query_param {
+    ($(#[doc = $doc:literal])* $name:ident = $param:literal within $bounds:ident) => {
+        $(#[doc = $doc])*
+        pub struct $name(pub u64);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = AppError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+                QueryParams::parse(parts.uri.query())
+                    .within($param, state.limits.$bounds())
+                    .map($name)
+            }
+        }
+    };
+}
+
+bounded_query_param! {
+    /// `?ms=`: how long the waiting lessons wait, within `--max-sleep-ms` (default one second).
+    WaitMs = "ms" within ms
+}
+
+bounded_query_param! {
+    /// `?iterations=`: the CPU lesson's SHA-256 rounds, within `--max-cpu-iterations`.
+    Iterations = "iterations" within cpu_iterations
+}

@@ -1,0 +1,35 @@
+//! The problem responses the OpenAPI document lists, each declared once and named by the
+//! routes that may answer it (`responses((status = 200, …), UnknownVariant, …)`).
+
+use utoipa::IntoResponses;
+
+use crate::error::ProblemDoc;
+
+macro_rules! problems {
+    ($($(#[doc = $doc:literal])* $name:ident = $status:literal, $description:literal;)+) => {$(
+        $(#[doc = $doc])*
+        #[derive(IntoResponses)]
+        #[response(status = $status, description = $description, content_type = "application/problem+json")]
+        #[allow(dead_code)] // only its schema is used
+        pub struct $name(ProblemDoc);
+    )+};
+}
+
+problems! {
+    /// A lesson's `{variant}` that the lesson does not have.
+    UnknownVariant = 404, "Unknown variant: the problem lists the valid ones";
+    /// `?ms=` missing its range.
+    BadMs = 400, "Bad `ms`: not a whole number, or out of range";
+    /// `?iterations=` missing its range.
+    BadIterations = 400, "Bad `iterations`: not a whole number, or out of range";
+    /// A `{id}` that is not a user id.
+    BadId = 400, "Bad id: ids are whole numbers from 1";
+    /// `{id}` names no user.
+    NoSuchUser = 404, "No such user";
+    /// A body over the limit.
+    BodyTooLarge = 413, "Body too large";
+    /// A body that is not `application/json`.
+    NotJson = 415, "Not application/json";
+    /// The database did not answer in time.
+    DatabaseUnreachable = 503, "Database unreachable";
+}
