@@ -12,9 +12,10 @@
 //! watchdog thread itself): the poll is seen on the first scan after it crosses the threshold.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -44,7 +45,6 @@ struct Slot {
     /// Nanoseconds since the watchdog's epoch when the current poll started; 0 = idle.
     started_ns: AtomicU64,
     task_id: AtomicU64,
-    spawned_at: AtomicPtr<Location<'static>>,
     /// The request the route layer tagged the current poll with, taken when the poll ends.
     request: Mutex<Option<Arc<RequestContext>>>,
     /// Whether `request` holds a tag: written by the slot's own thread only, so the end of
@@ -89,6 +89,8 @@ pub struct Watchdog {
     stalls: StallLog,
     /// The cgroup's CPU throttling counter, if the process has one.
     throttling: Option<Throttling>,
+    /// Where each live task was spawned, by task id.
+    spawn_sites: Mutex<HashMap<u64, &'static Location<'static>>>,
 }
 
 thread_local! {
@@ -106,6 +108,7 @@ impl Watchdog {
             runtime: std::sync::OnceLock::new(),
             stalls: StallLog::default(),
             throttling: Throttling::detect(),
+            spawn_sites: Mutex::default(),
         })
     }
 
@@ -256,7 +259,6 @@ impl Watchdog {
                     seq: AtomicU64::new(0),
                     started_ns: AtomicU64::new(0),
                     task_id: AtomicU64::new(0),
-                    spawned_at: AtomicPtr::new(std::ptr::null_mut()),
                     request: Mutex::new(None),
                     tagged: AtomicBool::new(false),
                     reported_seq: Mutex::new(0),
@@ -273,17 +275,43 @@ impl Watchdog {
         })
     }
 
+    /// Runtime hook: a task was spawned at `meta.spawned_at()`. Kept per task, so a report of
+    /// a background task's stall can say where it came from; a spawn is far rarer than a poll,
+    /// which now carries only the task id.
+    pub fn task_spawned(&self, meta: &TaskMeta<'_>) {
+        if let Ok(mut sites) = self.spawn_sites.lock() {
+            sites.insert(task_id_u64(meta), meta.spawned_at());
+        }
+    }
+
+    /// Runtime hook: the task ended.
+    pub fn task_terminated(&self, meta: &TaskMeta<'_>) {
+        if let Ok(mut sites) = self.spawn_sites.lock() {
+            sites.remove(&task_id_u64(meta));
+        }
+    }
+
+    /// `file:line` where task `task_id` was spawned, or `unknown`.
+    fn spawn_site(&self, task_id: u64) -> String {
+        self.spawn_sites
+            .lock()
+            .ok()
+            .and_then(|sites| sites.get(&task_id).copied())
+            .map_or_else(
+                || "unknown".to_owned(),
+                |location| format!("{}:{}", location.file(), location.line()),
+            )
+    }
+
     /// Runtime hook: a task poll starts on this thread.
     pub fn before_poll(self: &Arc<Self>, meta: &TaskMeta<'_>) {
         let task_id = task_id_u64(meta);
-        let spawned_at = std::ptr::from_ref(meta.spawned_at()).cast_mut();
         let now = self.now_ns();
         self.with_slot(|slot| {
             // Only this thread writes `seq`: a load and a store, no locked instruction.
             let seq = slot.seq.load(Ordering::Relaxed) + 1;
             slot.seq.store(seq, Ordering::Release);
             slot.task_id.store(task_id, Ordering::Relaxed);
-            slot.spawned_at.store(spawned_at, Ordering::Relaxed);
             slot.started_ns.store(now, Ordering::Release);
         });
     }
@@ -451,7 +479,7 @@ impl Watchdog {
                     }
                 }
                 None => {
-                    let spawned_at = describe_location(slot.spawned_at.load(Ordering::Relaxed));
+                    let spawned_at = self.spawn_site(slot.task_id.load(Ordering::Relaxed));
                     tracing::warn!(
                         worker = %report.worker,
                         task_id = slot.task_id.load(Ordering::Relaxed),
@@ -546,6 +574,10 @@ fn labels(request: Option<&RequestContext>) -> (&'static str, &'static str) {
 /// Tokio exposes a task id only as `Display`/`Hash`; hashing it through this hasher yields
 /// the id's `u64` without allocating on every poll.
 fn task_id_u64(meta: &TaskMeta<'_>) -> u64 {
+    id_u64(meta.id())
+}
+
+fn id_u64(id: tokio::task::Id) -> u64 {
     struct Capture(u64);
     impl Hasher for Capture {
         fn finish(&self) -> u64 {
@@ -561,19 +593,8 @@ fn task_id_u64(meta: &TaskMeta<'_>) -> u64 {
         }
     }
     let mut capture = Capture(0);
-    meta.id().hash(&mut capture);
+    id.hash(&mut capture);
     capture.finish()
-}
-
-/// `file:line` of a spawn location stored by [`Watchdog::before_poll`].
-fn describe_location(ptr: *mut Location<'static>) -> String {
-    if ptr.is_null() {
-        return "unknown".into();
-    }
-    // SAFETY: `ptr` was created from a `&'static Location<'static>` in `before_poll` and
-    // locations are never freed.
-    let location: &'static Location<'static> = unsafe { &*ptr };
-    format!("{}:{}", location.file(), location.line())
 }
 
 /// The name of the thread running right now (`"unnamed"` for anonymous threads).
@@ -589,8 +610,33 @@ impl Watchdog {
     /// polling. Needs `--cfg tokio_unstable`.
     pub fn install_hooks(self: &Arc<Self>, builder: &mut tokio::runtime::Builder) {
         let (before, after) = (Arc::clone(self), Arc::clone(self));
+        let (spawned, terminated) = (Arc::clone(self), Arc::clone(self));
         builder
+            .on_task_spawn(move |meta| spawned.task_spawned(meta))
+            .on_task_terminate(move |meta| terminated.task_terminated(meta))
             .on_before_task_poll(move |meta| before.before_poll(meta))
             .on_after_task_poll(move |_| after.after_poll());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tasks_spawn_site_is_known_while_it_lives() {
+        let watchdog = Watchdog::new(Duration::from_millis(40));
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        watchdog.install_hooks(&mut builder);
+        let runtime = builder.build().expect("runtime");
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let line = line!() + 1;
+        let task = runtime.spawn(async move { released.await.ok() });
+        let id = id_u64(task.id());
+        assert_eq!(watchdog.spawn_site(id), format!("{}:{line}", file!()));
+        release.send(()).expect("the task waits");
+        runtime.block_on(task).expect("the task ends");
+        drop(runtime);
+        assert_eq!(watchdog.spawn_site(id), "unknown", "forgotten when it ends");
     }
 }
