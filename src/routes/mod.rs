@@ -114,12 +114,8 @@ pub fn router(state: AppState) -> Router {
 /// How every handler goes into the router: wrapped in the telemetry route layer, or as it is
 /// with `--no-instrumentation` (the bare router of the overhead benchmark).
 ///
-/// The layer wraps each *handler* (`Handler::layer`) rather than the router
-/// (`Router::layer`). axum keeps each route as a boxed service, and `Router::layer` boxes the
-/// layered one again around it: every request then paid for a second boxed clone of the
-/// service, a second boxed future, and moves of a future that still held the whole request —
-/// a sixth of the instrumentation's cost per request (docs/benchmarks.md). Layered here, the
-/// route is boxed once, as on the bare router.
+/// The layer wraps each *handler* (`Handler::layer`), not the router: `Router::layer` boxes
+/// every route a second time, a sixth of the instrumentation's cost (docs/benchmarks.md).
 #[derive(Clone)]
 pub struct Observed(Option<route_layer::ObserveLayer>);
 

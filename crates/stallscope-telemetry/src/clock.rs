@@ -1,15 +1,10 @@
 //! The clock of the timestamps taken on every request and every task poll: the route layer's
 //! request duration and the watchdog's poll start and end.
 //!
-//! `std::time::Instant::now` asks the kernel's vDSO for `CLOCK_MONOTONIC`, and every difference
-//! of two goes through `Timespec` arithmetic with its overflow checks: two reads and their
-//! difference took 73 ns on the benchmark VM, and the instrumented service took eight or nine
-//! reads per request (docs/benchmarks.md). [`Stamp`] reads the CPU's time-stamp counter through
-//! `quanta` instead — one instruction, and a difference is a subtraction and a multiply; 26 ns
-//! for the same pair — calibrated once against the monotonic clock. On a CPU without
-//! an invariant TSC, `quanta` falls back to the monotonic clock, so the figures stay right,
-//! only not cheaper. The calibration (a millisecond or so, once per process) happens at the
-//! first [`Stamp::now`]: the watchdog's, when telemetry starts, before any request is timed.
+//! [`Stamp`] reads the CPU's time-stamp counter through `quanta` (calibrated once against the
+//! monotonic clock; the monotonic clock itself where there is no invariant TSC): a third of
+//! `Instant`'s cost per pair of reads, taken twice per task poll (figures in docs/benchmarks.md).
+//! The calibration happens at the first [`Stamp::now`], the watchdog's, before any request.
 
 use std::sync::LazyLock;
 use std::time::Duration;

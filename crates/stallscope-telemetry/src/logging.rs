@@ -118,12 +118,9 @@ pub fn init(options: &TracingOptions) -> TracingGuard {
             Err(err) => export_error = Some(format!("{err:#}")),
         }
     }
-    // Without an exporter nothing would ever read an OpenTelemetry span, so the layer that
-    // builds them is not installed at all: it copied every attribute of every span into owned
-    // strings and started and ended a span per request, about a fifth of the service's own CPU
-    // on a zero-work endpoint (docs/benchmarks.md). The route layer then makes the trace ids
-    // itself (`span_ids::SpanIds::for_request`), so responses, logs and outgoing calls
-    // still name a trace, flagged "not sampled".
+    // Without an exporter nothing reads an OpenTelemetry span, so its layer is not installed
+    // (a fifth of the CPU of a zero-work request, docs/benchmarks.md); the route layer makes
+    // the trace ids itself, so responses, logs and outgoing calls still name a trace.
     let exporting = otlp.is_some() && export_error.is_none();
     let provider = provider.build();
     let tracer = provider.tracer("stallscope");

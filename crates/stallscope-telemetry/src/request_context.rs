@@ -1,15 +1,11 @@
 //! Which request the code running on this thread works for, without a `tracing` span per
 //! request.
 //!
-//! A server span costs every request a registry entry, the log layer's formatting of its
-//! fields and its close, whether or not anything is ever logged inside it: on a zero-work
-//! endpoint that was most of the instrumentation's cost (docs/benchmarks.md). So the span is
-//! made only when an exporter will read it, and what logs, the watchdog and outgoing calls
-//! need to know about the request lives here instead: one [`RequestContext`] per request,
-//! made once by the route layer, and a thread-local pointer to it that `in_request::InRequest` sets for
-//! the length of each poll of the handler (and [`enter`] on threads the work moves to). The
-//! log formatter prints the context where the span's fields used to be; a log line inside a
-//! request reads the same with or without an exporter.
+//! A server span per request was most of the instrumentation's cost on a zero-work endpoint
+//! (docs/benchmarks.md), so it is made only for an exporter. What logs, the watchdog and
+//! outgoing calls need lives here: one [`RequestContext`] per request and a thread-local
+//! pointer to it, set by `in_request::InRequest` for each poll (and [`enter`] on threads the
+//! work moves to). Log lines print it, the same with or without an exporter.
 
 use std::cell::RefCell;
 use std::sync::Arc;

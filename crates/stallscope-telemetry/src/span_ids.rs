@@ -86,9 +86,7 @@ impl SpanIds {
 }
 
 /// The sixteen lower-case hex digits of `word`, most significant first (`{word:016x}`),
-/// computed eight digits at a time in a `u64` (one byte per digit) instead of looked up one by
-/// one. (A single `u128` for all sixteen measured slower: every shift and add on it is two or
-/// three instructions.)
+/// computed eight digits at a time in a `u64` (one byte per digit).
 pub fn hex_of_word(word: u64) -> [u8; 16] {
     let mut hex = [0; 16];
     hex[..8].copy_from_slice(&hex_of_half((word >> 32) as u32));
