@@ -1,19 +1,27 @@
-//! Prometheus text exposition for the figures read at scrape time: the runtime's own
-//! counters, the per-variant task monitors and the route layer's HTTP metrics.
+//! The figures read at scrape time — the runtime's own counters, the per-variant task
+//! monitors and the route layer's HTTP instruments — in the same `/metrics` document as the
+//! recorder's series, and written by the same library: metrics-exporter-prometheus's
+//! `formatting` functions.
 //!
-//! These are cumulative counters and current gauges that Tokio and tokio-metrics already
-//! keep; reading them when Prometheus scrapes is exact and costs nothing between scrapes.
-//! (tokio-metrics' own reporters difference them into per-interval means instead, which
-//! Prometheus cannot `rate()` correctly.)
+//! They are cumulative counters and current gauges that Tokio and tokio-metrics already keep;
+//! reading them at scrape time is exact and costs nothing between scrapes. They cannot go
+//! through the `metrics` facade itself: its counters are whole numbers (these count seconds
+//! too) and its histograms take single observations (these arrive as bucket counts). The
+//! HTTP instruments are sharded per thread for speed (docs/benchmarks.md, "Per-worker
+//! counters") and summed here.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
+use indexmap::IndexMap;
+use metrics_exporter_prometheus::LabelSet;
+use metrics_exporter_prometheus::formatting::{
+    write_help_line, write_metric_line, write_type_line,
+};
 use tokio::runtime::RuntimeMetrics;
 
 use super::task_monitors::TaskFigures;
 
-/// Appends metric families in the Prometheus text format.
+/// Metric families in the Prometheus text format, appended one after another.
 #[derive(Default)]
 pub struct Exposition {
     out: String,
@@ -26,23 +34,41 @@ impl Exposition {
 
     /// `# HELP` and `# TYPE` lines; `kind` is `counter`, `gauge` or `histogram`.
     pub fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        write_help_line(&mut self.out, name, None, None, help);
+        write_type_line(&mut self.out, name, None, None, kind);
+    }
+
+    /// One sample of family `name` (with `suffix`: `bucket`, `sum` or `count` of a histogram),
+    /// and a histogram bucket's `le`.
+    fn line(
+        &mut self,
+        name: &str,
+        suffix: Option<&'static str>,
+        labels: &[(&str, &str)],
+        le: Option<&str>,
+        value: f64,
+    ) {
+        let key = metrics::Key::from_parts(
+            name.to_owned(),
+            labels
+                .iter()
+                .map(|(k, v)| metrics::Label::new(k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+        );
+        let labels = LabelSet::from_key_and_global(&key, &IndexMap::new());
+        write_metric_line(
+            &mut self.out,
+            name,
+            suffix,
+            &labels,
+            le.map(|le| ("le", le)),
+            value,
+            None,
+        );
     }
 
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (key, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{key}=\"{}\"", escape_label(value));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {}", format_value(value));
+        self.line(name, None, labels, None, value);
     }
 
     /// One family with a single unlabelled sample.
@@ -66,26 +92,32 @@ impl Exposition {
             self.sample(name, &[("worker", &label)], value(worker));
         }
     }
+
+    /// One histogram series: cumulative `_bucket`s (`les` are the upper bounds, `+Inf` last),
+    /// `_sum` and `_count`.
+    fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        buckets: impl IntoIterator<Item = (String, u64)>,
+        sum: f64,
+    ) {
+        let mut cumulative = 0;
+        for (le, count) in buckets {
+            cumulative += count;
+            self.line(name, Some("bucket"), labels, Some(&le), cumulative as f64);
+        }
+        self.line(name, Some("sum"), labels, None, sum);
+        self.line(name, Some("count"), labels, None, cumulative as f64);
+    }
 }
 
-fn escape_help(help: &str) -> String {
-    help.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn format_value(value: f64) -> String {
-    if value.is_infinite() {
-        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else if value.fract() == 0.0 && value.abs() < 1e15 {
-        format!("{value:.0}")
+/// A bucket bound as Prometheus writes it.
+fn le(bound: f64) -> String {
+    if bound.is_infinite() {
+        "+Inf".to_owned()
     } else {
-        format!("{value}")
+        bound.to_string()
     }
 }
 
@@ -199,25 +231,26 @@ fn render_poll_histogram(out: &mut Exposition, metrics: &RuntimeMetrics, workers
         "histogram",
         "Duration of every task poll on the service runtime (power-of-two buckets). _sum is the workers' total busy time.",
     );
-    let mut cumulative = 0u64;
-    let buckets = metrics.poll_time_histogram_num_buckets();
-    for bucket in 0..buckets {
-        cumulative += (0..workers)
+    let count = metrics.poll_time_histogram_num_buckets();
+    let buckets = (0..count).map(|bucket| {
+        let polls = (0..workers)
             .map(|w| metrics.poll_time_histogram_bucket_count(w, bucket))
             .sum::<u64>();
         let end = metrics.poll_time_histogram_bucket_range(bucket).end;
-        let le = if bucket + 1 == buckets || end >= Duration::from_secs(3600 * 24) {
-            "+Inf".to_owned()
-        } else {
-            format_value(end.as_secs_f64())
-        };
-        out.sample(&format!("{NAME}_bucket"), &[("le", &le)], cumulative as f64);
-    }
+        let last = bucket + 1 == count || end >= Duration::from_secs(3600 * 24);
+        (
+            le(if last {
+                f64::INFINITY
+            } else {
+                end.as_secs_f64()
+            }),
+            polls,
+        )
+    });
     let busy: f64 = (0..workers)
         .map(|w| secs(metrics.worker_total_busy_duration(w)))
         .sum();
-    out.sample(&format!("{NAME}_sum"), &[], busy);
-    out.sample(&format!("{NAME}_count"), &[], cumulative as f64);
+    out.histogram(NAME, &[], buckets, busy);
 }
 
 /// The per-variant task monitor families.
@@ -342,11 +375,6 @@ pub fn render_http(out: &mut Exposition, routes: &[super::http_metrics::RouteFig
         "histogram",
         "Duration of HTTP server requests, by route template, method, status code and lesson variant.",
     );
-    let bucket_name = format!("{HTTP_REQUEST_DURATION}_bucket");
-    let (sum_name, count_name) = (
-        format!("{HTTP_REQUEST_DURATION}_sum"),
-        format!("{HTTP_REQUEST_DURATION}_count"),
-    );
     for ((route, method, status, variant), figures) in histograms {
         let status = if status == super::http_metrics::OTHER_STATUS {
             "_OTHER".to_owned()
@@ -361,21 +389,9 @@ pub fn render_http(out: &mut Exposition, routes: &[super::http_metrics::RouteFig
             // dashboard put each lesson's variants side by side.
             ("variant", variant),
         ];
-        let mut cumulative = 0;
-        for (bucket, count) in figures.buckets.iter().enumerate() {
-            cumulative += count;
-            let le = REQUEST_BUCKETS
-                .get(bucket)
-                .map_or_else(|| "+Inf".to_owned(), |&le| format_value(le));
-            let [route, method, status, variant] = labels;
-            out.sample(
-                &bucket_name,
-                &[route, method, status, variant, ("le", &le)],
-                cumulative as f64,
-            );
-        }
-        out.sample(&sum_name, &labels, secs(figures.sum));
-        out.sample(&count_name, &labels, cumulative as f64);
+        let bounds = REQUEST_BUCKETS.iter().copied().chain([f64::INFINITY]);
+        let buckets = bounds.map(le).zip(figures.buckets);
+        out.histogram(HTTP_REQUEST_DURATION, &labels, buckets, secs(figures.sum));
     }
 }
 
@@ -384,16 +400,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_label_values_and_formats_numbers() {
+    fn label_values_are_escaped_and_numbers_written_as_prometheus_reads_them() {
         let mut out = Exposition::default();
         out.family("x_total", "counter", "Help with \\ and\nnewline.");
         out.sample("x_total", &[("a", "q\"uo\\te\n")], 3.0);
         out.sample("x_total", &[], 0.25);
-        out.sample("x_total", &[], f64::INFINITY);
         assert_eq!(
             out.into_string(),
             "# HELP x_total Help with \\\\ and\\nnewline.\n# TYPE x_total counter\n\
-             x_total{a=\"q\\\"uo\\\\te\\n\"} 3\nx_total 0.25\nx_total +Inf\n"
+             x_total{a=\"q\\\"uo\\\\te\\n\"} 3\nx_total 0.25\n"
+        );
+        assert_eq!(
+            (le(0.005), le(f64::INFINITY)),
+            ("0.005".into(), "+Inf".into())
         );
     }
 
