@@ -93,7 +93,21 @@ async fn blocking_sleep_is_caught_while_it_stalls_and_async_sleep_is_not() {
     let response = request.await.expect("task").expect("answer");
     assert_eq!(response.status(), 200);
 
-    let after = service.scrape().await;
+    // The response leaves inside the stalling poll, so the client can hold it a moment before
+    // the poll ends and the watchdog counts the stall over: wait for that moment.
+    let mut after = service.scrape().await;
+    for _ in 0..50 {
+        // The stall's length is recorded last, after the in-progress gauge comes down.
+        let (recorded, _) = after.histogram(
+            "stallscope_stall_duration_seconds",
+            &[("route", ROUTE), ("variant", "blocking")],
+        );
+        if recorded >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = service.scrape().await;
+    }
     let stalls = |variant| {
         after.value(
             "stallscope_stalls_total",
