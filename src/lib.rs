@@ -25,9 +25,9 @@ pub use stallscope_telemetry as telemetry;
 
 pub use state::AppState;
 
-/// The whole HTTP application for `state`.
+/// The whole HTTP application for `state`: the lessons' routes and the live page.
 pub fn app(state: AppState) -> Router {
-    routes::router(state)
+    routes::router(state.clone()).merge(page::routes().with_state(state))
 }
 
 /// The telemetry settings for `args`, with the lessons' variant labels and the database's

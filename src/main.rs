@@ -46,7 +46,7 @@ fn main() -> std::process::ExitCode {
                 )),
             }
         }),
-        (Some(Command::Experiment(args)), _) => stallscope::experiment::run(args),
+        (Some(Command::Experiment(args)), _) => stallscope::cli::run_experiment(args),
         (Some(Command::Upstream(args)), _) => run_upstream(args.bind),
         (Some(Command::Serve(_)) | None, None) => Ok(()),
     };

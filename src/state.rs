@@ -1,6 +1,6 @@
 //! Shared state handed to every handler.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -44,7 +44,7 @@ pub struct SharedState {
     /// argon2id hashing for `/users` and `/login`, on the blocking pool.
     pub passwords: Passwords,
     /// The live page's settings, known once the service listens.
-    pub page: crate::page::PageSettings,
+    pub page: PageSettings,
 }
 
 impl AppState {
@@ -68,9 +68,18 @@ impl AppState {
             telemetry,
             db,
             passwords: Passwords::new(),
-            page: crate::page::PageSettings::default(),
+            page: PageSettings::default(),
         })))
     }
+}
+
+/// What the live page (`crate::page`) learns only once the service listens.
+#[derive(Debug, Default)]
+pub struct PageSettings {
+    /// The service's own URL, which the page's experiments send their requests to.
+    pub own_url: OnceLock<String>,
+    /// A trace UI's URL with `{trace_id}` in it (`--trace-url`), for links from stalls.
+    pub trace_url: OnceLock<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

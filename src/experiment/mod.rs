@@ -17,13 +17,12 @@ use serde::Serialize;
 
 pub use report::{Verdict, render_table};
 
-use crate::config::{ServeArgs, available_cpus};
+use crate::config::available_cpus;
 use crate::routes;
 use crate::routes::cpu::CpuVariant;
 use crate::routes::db::DbVariant;
 use crate::routes::sleep::SleepVariant;
 use crate::routes::upstream::UpstreamVariant;
-use crate::server::RunningService;
 use crate::telemetry::watchdog::Watchdog;
 
 #[derive(Debug, Clone, Args)]
@@ -186,46 +185,8 @@ pub struct TimelineStall {
     pub end_ms: f64,
 }
 
-/// Runs the experiment and prints the result; the entry point of the subcommand.
-pub fn run(args: &ExperimentArgs) -> anyhow::Result<()> {
-    let in_process = match &args.url {
-        Some(_) => None,
-        None => Some(start_in_process(args)?),
-    };
-    let target = match (&args.url, &in_process) {
-        (Some(url), _) => url.trim_end_matches('/').to_owned(),
-        (None, Some(service)) => service.base_url(),
-        (None, None) => bail!("no target"),
-    };
-    // The client gets a runtime of its own on this thread: the service's runtime may be
-    // stalled on purpose, and the stopwatch must keep running.
-    let client_runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("could not build the client runtime")?;
-    let report = client_runtime.block_on(measure(args, target))?;
-    drop(in_process);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render_table(&report));
-    }
-    Ok(())
-}
-
-fn start_in_process(args: &ExperimentArgs) -> anyhow::Result<RunningService> {
-    let mut serve = ServeArgs::defaults();
-    serve.bind = "127.0.0.1:0".parse()?;
-    serve.shutdown_deadline_ms = 1_000;
-    serve.runtime.workers = Some(args.workers);
-    serve.limits.max_cpu_iterations = u64::MAX;
-    serve.upstream.upstream_url = None;
-    serve.upstream.upstream_timeout_ms = 30_000;
-    serve.telemetry.metrics_bind = None;
-    RunningService::start(&serve)
-}
-
-async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<ExperimentReport> {
+/// Every chosen lesson against `target`, with the CPU lesson calibrated first.
+pub async fn measure(args: &ExperimentArgs, target: String) -> anyhow::Result<ExperimentReport> {
     let concurrency = args.concurrency.unwrap_or(args.workers.saturating_add(1));
     let lessons = args.lesson.lessons();
     let client = reqwest::Client::builder()

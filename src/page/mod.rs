@@ -10,7 +10,6 @@
 
 mod snippets;
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -35,15 +34,6 @@ const PAGE_CSS: &str = include_str!("page.css");
 /// own runtime.
 pub fn is_page_path(path: &str) -> bool {
     path == "/" || path.starts_with("/live/")
-}
-
-/// What the page learns only once the service listens.
-#[derive(Debug, Default)]
-pub struct PageSettings {
-    /// The service's own URL, which the page's experiments send their requests to.
-    pub own_url: OnceLock<String>,
-    /// A trace UI's URL with `{trace_id}` in it (`--trace-url`), for links from stalls.
-    pub trace_url: OnceLock<String>,
 }
 
 /// The page's routes (unobserved: they are not lessons, and mostly run off the service

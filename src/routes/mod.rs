@@ -102,7 +102,6 @@ pub fn router(state: AppState) -> Router {
         .route(DB_USER_ROUTE, observed.get(db::user))
         .route(DB_SLEEP_ROUTE, observed.get(db::sleep))
         .merge(users::router(&observed))
-        .merge(crate::page::routes())
         .merge(observed.router(
             SwaggerUi::new("/docs").url("/openapi.json", openapi::document(&state.limits)),
         ));

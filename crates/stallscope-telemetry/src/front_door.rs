@@ -69,6 +69,33 @@ pub struct ServiceConnections {
 /// the returned [`ServiceConnections`]. Both stop when `shutdown` is cancelled: the front
 /// thread stops accepting and drains its own connections (`front` must end long-lived
 /// responses on `shutdown` too).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use axum::{Router, routing::get, serve::ListenerExt};
+/// use stallscope_telemetry::{Settings, Telemetry, front_door, live};
+/// use tokio_util::sync::CancellationToken;
+///
+/// let telemetry = Telemetry::new(Settings::default());
+/// let shutdown = CancellationToken::new();
+/// // The live feed on the front door's runtime: it keeps streaming while the app's stalls.
+/// let front = Router::new().route("/live/stream", get({
+///     let (telemetry, shutdown) = (Arc::clone(&telemetry), shutdown.clone());
+///     move || async move { live::stream(telemetry, shutdown) }
+/// }));
+/// let listener = std::net::TcpListener::bind("127.0.0.1:3000")?;
+/// let (connections, _door) = front_door::open(
+///     "front-door", listener, front, |path| path.starts_with("/live/"), shutdown.clone(),
+/// )?;
+/// let app = Router::new().route("/slow", get(|| async { std::thread::sleep(std::time::Duration::from_secs(1)) }));
+/// tokio::runtime::Runtime::new()?.block_on(async {
+///     telemetry.start()?;
+///     axum::serve(connections.tap_io(|_: &mut tokio::net::TcpStream| {}), app)
+///         .with_graceful_shutdown(shutdown.cancelled_owned())
+///         .await
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn open(
     name: &str,
     listener: std::net::TcpListener,
