@@ -724,6 +724,52 @@ async fn secrets_never_leave_and_input_is_never_sql(kind: Kind, test: &str) {
     }
 }
 
+/// Text one database refuses or compares loosely is answered alike on all three: a NUL byte
+/// (PostgreSQL refuses it) and a trailing space (MariaDB's collation ignores it) never reach a
+/// lookup and never match, and an email with a control character is a 422, not a 500.
+async fn text_a_database_would_refuse_or_pad_is_answered_alike(kind: Kind, test: &str) {
+    let Some(api) = api(kind, test).await else {
+        return;
+    };
+    let user = api.create("alice_x").await;
+    let id = user["id"].as_i64().expect("id");
+    for name in ["alice_x ", "a\u{0}b", "alice_x\u{0}"] {
+        let (status, found) = api
+            .get(&format!("/users?username={}", urlencode(name)))
+            .await;
+        assert_eq!(
+            (status, &found["users"]),
+            (StatusCode::OK, &json!([])),
+            "{name:?}: {found}"
+        );
+        let login = json!({"username": name, "password": PASSWORD});
+        let (status, problem) = api.json(Method::POST, "/login", &login).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name:?}: {problem}");
+    }
+    let nul_email =
+        json!({"username": "bob_x", "email": "bob\u{0}@example.com", "password": PASSWORD});
+    let (status, problem) = api.json(Method::POST, "/users", &nul_email).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(
+        failing_fields(&problem),
+        BTreeSet::from(["email".to_owned()])
+    );
+    let (status, problem) = api
+        .json(
+            Method::PATCH,
+            &format!("/users/{id}"),
+            &json!({"email": "x\u{7}@example.com"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    // The real name still works.
+    let (status, found) = api.get("/users?username=alice_x").await;
+    assert_eq!(
+        (status, found["users"][0]["id"].as_i64()),
+        (StatusCode::OK, Some(id))
+    );
+}
+
 /// The pool and query metrics exist with bounded labels and count what happened.
 async fn pool_and_query_metrics(kind: Kind, test: &str) {
     let Some(api) = api(kind, test).await else {
@@ -869,5 +915,6 @@ on_every_backend!(
     concurrent_distinct_creates,
     concurrent_same_username,
     secrets_never_leave_and_input_is_never_sql,
+    text_a_database_would_refuse_or_pad_is_answered_alike,
     pool_and_query_metrics,
 );

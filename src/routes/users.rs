@@ -160,8 +160,14 @@ pub async fn list(
 ) -> Result<Json<UserPage>, AppError> {
     let params = QueryParams::parse(query.as_deref());
     if let Some(username) = params.text("username") {
-        // No format check: a name that could never be registered simply matches nobody.
-        let found = queries::find_user(&state.db, username).await?;
+        // A name that could never be registered matches nobody, without asking the database:
+        // PostgreSQL refuses a NUL byte (a 500 otherwise), MariaDB's collation ignores
+        // trailing spaces (`alice ` would find `alice`).
+        let found = if is_registrable_username(username) {
+            queries::find_user(&state.db, username).await?
+        } else {
+            None
+        };
         return Ok(Json(UserPage {
             users: found.iter().map(UserView::from).collect(),
             next_cursor: None,
@@ -277,7 +283,13 @@ pub async fn login(
             "validation passed without all fields".into(),
         ));
     };
-    let user = queries::find_user(&state.db, &username).await?;
+    // As in `list`: a name no one can have is looked up nowhere; the password is still
+    // checked against a dummy hash, so the answer takes as long as for a real name.
+    let user = if is_registrable_username(&username) {
+        queries::find_user(&state.db, &username).await?
+    } else {
+        None
+    };
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     if state.passwords.verify(password, stored).await?
         && let Some(user) = user
@@ -387,12 +399,16 @@ fn rejection(rejection: JsonRejection) -> AppError {
     }
 }
 
+/// 3 to 64 characters, each an ASCII letter, a digit, `_`, `.` or `-`.
+fn is_registrable_username(username: &str) -> bool {
+    (3..=64).contains(&username.chars().count())
+        && username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 fn check_username(fields: &mut Fields, username: &str) -> bool {
-    let length = username.chars().count();
-    let charset = username
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if !(3..=64).contains(&length) || !charset {
+    if !is_registrable_username(username) {
         fields.fail(
             "username",
             "must be 3 to 64 characters, each a letter A–Z or a–z, a digit, `_`, `.` or `-`",
@@ -405,8 +421,9 @@ fn check_username(fields: &mut Fields, username: &str) -> bool {
 /// Deliberately simple: one `@`, something before it, a dotted domain after it, no spaces.
 /// Whether the address works is only known by mailing it.
 fn check_email(fields: &mut Fields, email: &str) -> bool {
+    // Control characters (a NUL byte among them, which PostgreSQL refuses) are no address's.
     let valid = email.len() <= 254
-        && !email.chars().any(char::is_whitespace)
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
                 && !domain.contains('@')
