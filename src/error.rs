@@ -177,6 +177,9 @@ impl AppError {
     }
 }
 
+/// `Retry-After` on every 503.
+pub const RETRY_AFTER_SECONDS: &str = "1";
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -203,10 +206,18 @@ impl IntoResponse for AppError {
             },
         };
         let mut response = (status, Json(problem)).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // A dependency down or the service draining: worth asking again, not at once.
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
         response
     }
 }

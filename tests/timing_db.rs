@@ -201,6 +201,17 @@ async fn outage_and_recovery(kind: Kind, test: &str) {
         .expect("create");
     assert_eq!(signup.status(), 503);
     assert_eq!(
+        signup.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "a 503 says when to ask again"
+    );
+    let signup: serde_json::Value = signup.json().await.expect("a problem document");
+    let detail = signup["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.ends_with(stallscope::db::DB_UNAVAILABLE) && !detail.contains("127.0.0.1"),
+        "the driver's words stay in the log: {signup}"
+    );
+    assert_eq!(
         get(&client, &format!("{base}/healthz")).await.0,
         200,
         "liveness is not readiness"

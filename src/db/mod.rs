@@ -150,10 +150,18 @@ fn is_connection_lost(message: &str) -> bool {
     SIGNS.iter().any(|sign| message.contains(sign))
 }
 
+/// What a client is told when the database cannot serve its request.
+pub const DB_UNAVAILABLE: &str =
+    "the database is unreachable or has no free connection; try again after Retry-After seconds";
+
 impl From<DbError> for AppError {
     fn from(err: DbError) -> Self {
         match err {
-            DbError::Unavailable(detail) => AppError::Unavailable(detail),
+            DbError::Unavailable(cause) => {
+                // The driver's words (addresses, users, server versions) go to the log only.
+                tracing::warn!(%cause, "the database is unavailable");
+                AppError::Unavailable(DB_UNAVAILABLE.into())
+            }
             DbError::Duplicate => AppError::Conflict("the value is already taken".into()),
             DbError::Query(detail) => AppError::Database(detail),
         }
