@@ -5,8 +5,11 @@
 //! runtime worker. So every hash and every verification runs on the blocking pool through
 //! [`run_blocking`], and a semaphore with one permit per core bounds how many run at once:
 //! 200 concurrent sign-ups then queue for a permit (an `await`, holding no thread) instead of
-//! starting 200 threads that fight over two cores and allocate 19 MiB each.
+//! starting 200 threads that fight over two cores and allocate 19 MiB each. The queue itself
+//! is bounded ([`QUEUED_PER_PERMIT`]): past it a request is told 503 with `Retry-After` at
+//! once, so a flood of logins cannot make everyone else's wait grow without end.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use argon2::Argon2;
@@ -22,7 +25,14 @@ use crate::error::AppError;
 #[derive(Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    /// Requests waiting for a permit now, and how many may.
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
 }
+
+/// Waiting requests allowed per permit: about this many hashes' time (tens of ms each) is the
+/// longest a request queues before it is answered.
+pub const QUEUED_PER_PERMIT: usize = 16;
 
 impl Default for Passwords {
     fn default() -> Self {
@@ -41,8 +51,15 @@ impl Passwords {
     /// Also computes the dummy hash now, so the first login is not the slow one.
     pub fn new() -> Self {
         LazyLock::force(&DUMMY_HASH);
+        Self::with_limits(available_cpus(), available_cpus() * QUEUED_PER_PERMIT)
+    }
+
+    /// `permits` hashes at once, and at most `max_waiting` requests waiting for one.
+    pub fn with_limits(permits: usize, max_waiting: usize) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(available_cpus())),
+            permits: Arc::new(Semaphore::new(permits)),
+            waiting: Arc::default(),
+            max_waiting,
         }
     }
 
@@ -78,10 +95,30 @@ impl Passwords {
     }
 
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AppError> {
+        if let Ok(permit) = self.permits.try_acquire() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(AppError::Unavailable(
+                "too many password checks are queued; try again after Retry-After seconds".into(),
+            ));
+        }
+        // Counted out when the wait ends, however it ends (a client that goes away drops it).
+        let _waiting = Waiting(&self.waiting);
         self.permits
             .acquire()
             .await
             .map_err(|_| AppError::Unavailable("password hashing is shutting down".into()))
+    }
+}
+
+/// One request in [`Passwords`]' queue, until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -96,6 +133,47 @@ fn hash_now(password: &str) -> Result<String, AppError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One permit, two may wait: the third concurrent waiter is a 503 at once; a waiter whose
+    /// client goes away leaves the queue; the queue frees as the others finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_queue_for_a_permit_is_bounded() {
+        let passwords = Passwords::with_limits(1, 2);
+        let held = passwords.permits.try_acquire().expect("the only permit");
+        let check = |passwords: &Passwords| {
+            let passwords = passwords.clone();
+            tokio::spawn(async move { passwords.verify("x".into(), None).await })
+        };
+        let queued_to = |n: usize| {
+            let passwords = passwords.clone();
+            async move {
+                while passwords.waiting.load(Ordering::Acquire) != n {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        let first = check(&passwords);
+        let impatient = check(&passwords);
+        queued_to(2).await;
+        let refused = passwords.verify("x".into(), None).await;
+        assert!(
+            matches!(refused, Err(AppError::Unavailable(ref why)) if why.contains("queued")),
+            "{refused:?}"
+        );
+        impatient.abort();
+        let _ = impatient.await;
+        queued_to(1).await;
+        let second = check(&passwords);
+        queued_to(2).await;
+        drop(held);
+        for waiter in [first, second] {
+            assert!(
+                !waiter.await.expect("task").expect("verified"),
+                "no such user"
+            );
+        }
+        assert_eq!(passwords.waiting.load(Ordering::Acquire), 0);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hashes_verify_and_unknown_users_never_match() {
