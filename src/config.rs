@@ -65,6 +65,12 @@ pub struct LimitArgs {
         default_value_t = 200_000_000
     )]
     pub max_cpu_iterations: u64,
+
+    /// Refuse the variants that stall a worker (`/sleep/blocking`, `/cpu/inline`, …: those the
+    /// lessons mark as stalling) with a 403, for a service others can reach.
+    #[arg(long, env = "STALLSCOPE_NO_STALLING_VARIANTS", action = ArgAction::SetTrue,
+          value_parser = BoolishValueParser::new())]
+    pub no_stalling_variants: bool,
 }
 
 /// The range a lesson's query parameter accepts, and its value when a request leaves it out.

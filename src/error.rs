@@ -39,6 +39,12 @@ pub enum AppError {
     #[error("upstream timed out after {timeout_ms} ms")]
     UpstreamTimeout { timeout_ms: u64 },
 
+    /// A stalling variant on a service started with `--no-stalling-variants`.
+    #[error(
+        "`{path}` stalls a worker, and this service refuses the stalling variants (--no-stalling-variants)"
+    )]
+    StallingVariantOff { path: String },
+
     /// The service is shutting down or a dependency is not ready.
     #[error("not ready: {0}")]
     Unavailable(String),
@@ -153,6 +159,7 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::StallingVariantOff { .. } => StatusCode::FORBIDDEN,
         }
     }
 

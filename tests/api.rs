@@ -51,6 +51,7 @@ fn app_with_upstream(upstream_url: &str, timeout: Duration) -> TestApp {
     let limits = LimitArgs {
         max_sleep_ms: MAX_SLEEP_MS,
         max_cpu_iterations: MAX_CPU_ITERATIONS,
+        no_stalling_variants: false,
     };
     app_with_limits(limits, upstream_url, timeout)
 }
@@ -187,6 +188,7 @@ async fn absent_lesson_parameters_take_their_documented_defaults() {
     let low_cap = LimitArgs {
         max_sleep_ms: MAX_SLEEP_MS,
         max_cpu_iterations: 1_000,
+        no_stalling_variants: false,
     };
     let app = app_with_limits(low_cap, "http://127.0.0.1:9", Duration::from_secs(2));
     let (status, _, body) = call(app.router(), Method::GET, "/cpu/rayon").await;
@@ -196,6 +198,7 @@ async fn absent_lesson_parameters_take_their_documented_defaults() {
     let uncapped = LimitArgs {
         max_sleep_ms: MAX_SLEEP_MS,
         max_cpu_iterations: u64::MAX,
+        no_stalling_variants: false,
     };
     assert_eq!(
         uncapped.cpu_iterations().default,
@@ -349,6 +352,7 @@ async fn readyz_fails_once_shutdown_begins() {
     let limits = LimitArgs {
         max_sleep_ms: 1,
         max_cpu_iterations: 1,
+        no_stalling_variants: false,
     };
     let (db, dir) = sqlite_database();
     let state = AppState::new(
@@ -685,4 +689,44 @@ async fn the_live_page_and_its_assets_come_from_the_binary() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "ms is at least 1");
+}
+
+/// `--no-stalling-variants`: every variant the registry marks as stalling answers 403 naming
+/// the flag, on every route of its lesson; the others still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalling_variants_can_be_switched_off() {
+    let limits = LimitArgs {
+        max_sleep_ms: MAX_SLEEP_MS,
+        max_cpu_iterations: MAX_CPU_ITERATIONS,
+        no_stalling_variants: true,
+    };
+    let app = app_with_limits(limits, "http://127.0.0.1:9", Duration::from_secs(1));
+    let mut refused = Vec::new();
+    for lesson in stallscope::routes::LESSONS {
+        for route in lesson.routes {
+            for variant in lesson.variants {
+                let uri = route
+                    .replace("{variant}", variant.name)
+                    .replace("{id}", "1")
+                    + "?ms=1&iterations=1";
+                let (status, _, body) = call(app.router(), Method::GET, &uri).await;
+                let doc: Value = serde_json::from_slice(&body).unwrap_or_default();
+                if variant.stalls {
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{uri}: {doc}");
+                    let detail = doc["detail"].as_str().unwrap_or_default();
+                    assert!(detail.contains("--no-stalling-variants"), "{uri}: {doc}");
+                    refused.push(uri);
+                } else {
+                    assert_ne!(status, StatusCode::FORBIDDEN, "{uri}: {doc}");
+                }
+            }
+        }
+    }
+    assert_eq!(
+        refused.len(),
+        5,
+        "blocking sleep, inline cpu, blocking upstream, blocking db ×2: {refused:?}"
+    );
+    let (status, _, _) = call(app.router(), Method::GET, "/sleep/async?ms=1").await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use super::lesson_request::{Chosen, Iterations, LessonVariant};
-use super::problems::{BadIterations, UnknownVariant};
+use super::problems::{BadIterations, StallingVariantOff, UnknownVariant};
 use super::report::{WorkDone, WorkReport};
 use super::variant::lesson_variants;
 use crate::blocking::run_blocking;
@@ -71,7 +71,7 @@ fn hash_and_report(iterations: u64) -> WorkDone {
         ("variant" = inline(CpuVariant), Path, description = "Where to hash: `inline` is the stalling one"),
         ("iterations" = Option<u64>, Query, description = "SHA-256 rounds (1 to `--max-cpu-iterations`; the default takes about a second on a current x86-64 core)"),
     ),
-    responses((status = 200, description = "Hashed", body = WorkReport), BadIterations, UnknownVariant)
+    responses((status = 200, description = "Hashed", body = WorkReport), BadIterations, UnknownVariant, StallingVariantOff)
 )]
 pub async fn handler(
     State(state): State<AppState>,

@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use serde_json::json;
 
 use super::lesson_request::{Chosen, LessonVariant, WaitMs};
-use super::problems::{BadId, BadMs, DatabaseUnreachable, UnknownVariant};
+use super::problems::{BadId, BadMs, DatabaseUnreachable, StallingVariantOff, UnknownVariant};
 use super::report::{WorkDone, WorkReport};
 use super::variant::lesson_variants;
 use crate::blocking::run_blocking;
@@ -61,6 +61,7 @@ lesson_variants! {
         (status = 200, description = "Found; `output.user` is the user (never the password hash)", body = WorkReport),
         BadId,
         (status = 404, description = "Unknown variant or no such user", body = ProblemDoc, content_type = "application/problem+json"),
+        StallingVariantOff,
         DatabaseUnreachable,
     )
 )]
@@ -103,6 +104,7 @@ pub async fn user(
         (status = 200, description = "The database waited", body = WorkReport),
         BadMs,
         UnknownVariant,
+        StallingVariantOff,
         DatabaseUnreachable,
     )
 )]

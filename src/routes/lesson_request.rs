@@ -18,6 +18,8 @@ pub trait LessonVariant: std::str::FromStr<Err = AppError> + Copy + Send + 'stat
     fn name(self) -> &'static str;
     /// What it teaches, in one line.
     fn teaches(self) -> &'static str;
+    /// Whether it holds a worker while it works (the registry's `stalls`).
+    fn stalls(self) -> bool;
 
     /// Starts this request's report: the clock, and the worker polling the handler.
     fn report(self, requested: serde_json::Value) -> PendingReport {
@@ -26,13 +28,14 @@ pub trait LessonVariant: std::str::FromStr<Err = AppError> + Copy + Send + 'stat
 }
 
 /// The route's `{variant}` segment as the lesson's variant; an unknown one is a 404 listing
-/// the valid ones.
+/// the valid ones, a stalling one a 403 when the service refuses them
+/// (`--no-stalling-variants`).
 pub struct Chosen<V>(pub V);
 
-impl<V: LessonVariant, S: Send + Sync> FromRequestParts<S> for Chosen<V> {
+impl<V: LessonVariant> FromRequestParts<AppState> for Chosen<V> {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|err| AppError::Internal(format!("path parameters unreadable: {err}")))?;
@@ -40,7 +43,13 @@ impl<V: LessonVariant, S: Send + Sync> FromRequestParts<S> for Chosen<V> {
             .iter()
             .find_map(|(name, value)| (name == "variant").then_some(value))
             .ok_or_else(|| AppError::Internal("this route has no `{variant}` segment".into()))?;
-        given.parse().map(Chosen)
+        let variant: V = given.parse()?;
+        if variant.stalls() && state.limits.no_stalling_variants {
+            return Err(AppError::StallingVariantOff {
+                path: parts.uri.path().chars().take(200).collect(),
+            });
+        }
+        Ok(Chosen(variant))
     }
 }
 

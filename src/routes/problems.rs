@@ -18,6 +18,8 @@ macro_rules! problems {
 problems! {
     /// A lesson's `{variant}` that the lesson does not have.
     UnknownVariant = 404, "Unknown variant: the problem lists the valid ones";
+    /// A stalling variant on a service that refuses them.
+    StallingVariantOff = 403, "A stalling variant, and this service runs with --no-stalling-variants";
     /// `?ms=` missing its range.
     BadMs = 400, "Bad `ms`: not a whole number, or out of range";
     /// `?iterations=` missing its range.

@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::lesson_request::{Chosen, LessonVariant, WaitMs};
-use super::problems::{BadMs, UnknownVariant};
+use super::problems::{BadMs, StallingVariantOff, UnknownVariant};
 use super::report::{WorkDone, WorkReport};
 use super::variant::lesson_variants;
 use crate::blocking::run_blocking;
@@ -48,7 +48,7 @@ lesson_variants! {
         ("variant" = inline(SleepVariant), Path, description = "How to wait: `blocking` is the stalling one"),
         ("ms" = Option<u64>, Query, description = "How long to sleep, in milliseconds (0 to `--max-sleep-ms`; default one second)"),
     ),
-    responses((status = 200, description = "Slept", body = WorkReport), BadMs, UnknownVariant)
+    responses((status = 200, description = "Slept", body = WorkReport), BadMs, UnknownVariant, StallingVariantOff)
 )]
 pub async fn handler(
     Chosen(variant): Chosen<SleepVariant>,

@@ -60,6 +60,10 @@ macro_rules! lesson_variants {
             fn teaches(self) -> &'static str {
                 self.lesson()
             }
+
+            fn stalls(self) -> bool {
+                match self { $($name::$variant => $stalls),+ }
+            }
         }
 
         impl std::str::FromStr for $name {
