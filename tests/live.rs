@@ -5,26 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-/// Reads `stream` until it has carried `n` snapshots (each `event: snapshot`).
-async fn snapshots(response: &mut reqwest::Response, n: usize) -> Vec<serde_json::Value> {
-    let mut text = String::new();
-    let mut found = Vec::new();
-    while found.len() < n {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
-            .await
-            .expect("a snapshot within 5 s")
-            .expect("the stream reads")
-            .expect("the stream is open");
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = text.find("\n\n") {
-            let event: String = text.drain(..end + 2).collect();
-            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                found.push(serde_json::from_str(data).expect("a snapshot is JSON"));
-            }
-        }
-    }
-    found
-}
+use common::SnapshotStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stream_leaves_no_task_behind_and_shutdown_ends_open_streams() {
@@ -48,16 +29,17 @@ async fn a_closed_stream_leaves_no_task_behind_and_shutdown_ends_open_streams() 
     let client = reqwest::Client::new();
     let mut streams = Vec::new();
     for _ in 0..3 {
-        let mut response = client.get(&url).send().await.expect("stream opens");
+        let response = client.get(&url).send().await.expect("stream opens");
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
-        let first = snapshots(&mut response, 2).await;
+        let mut stream = SnapshotStream::new(response);
+        stream.next(Duration::from_secs(5)).await;
+        let second = stream.next(Duration::from_secs(5)).await;
         assert!(
-            first[1]["workers"].as_array().is_some_and(|w| w.len() == 1),
-            "{}",
-            first[1]
+            second["workers"].as_array().is_some_and(|w| w.len() == 1),
+            "{second}"
         );
-        streams.push(response);
+        streams.push(stream);
     }
     assert!(
         service.front_door_tasks() >= baseline + 3,
@@ -72,8 +54,8 @@ async fn a_closed_stream_leaves_no_task_behind_and_shutdown_ends_open_streams() 
     );
 
     // An open stream must not keep a stopping service waiting.
-    let mut open = client.get(&url).send().await.expect("stream opens");
-    snapshots(&mut open, 1).await;
+    let mut open = SnapshotStream::new(client.get(&url).send().await.expect("stream opens"));
+    open.next(Duration::from_secs(5)).await;
     let stopped = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         drop(service);
@@ -84,11 +66,10 @@ async fn a_closed_stream_leaves_no_task_behind_and_shutdown_ends_open_streams() 
         .expect("the service stops with a stream open")
         .expect("join");
     assert!(took < Duration::from_secs(3), "stopping took {took:?}");
-    let rest = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Ok(Some(_)) = open.chunk().await {}
-    })
-    .await;
-    assert!(rest.is_ok(), "the stream ended when the service stopped");
+    assert!(
+        open.ends_within(Duration::from_secs(2)).await,
+        "the stream ended when the service stopped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

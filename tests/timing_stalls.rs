@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::{Arc, mpsc};
 
-use common::{ServiceProcess, completion_times};
+use common::{ServiceProcess, SnapshotStream, completion_times};
 use stallscope::config::ServeArgs;
 use stallscope::telemetry::request_context::RequestContext;
 use stallscope::telemetry::span_ids::SpanIds;
@@ -746,10 +746,11 @@ async fn a_second_signal_exits_at_once_naming_the_requests() {
 async fn the_live_stream_names_a_stall_while_the_only_worker_is_blocked() {
     let _serial = SERIAL.lock().await;
     let service = ServiceProcess::start(&["--workers", "1"]).await;
-    let mut stream = reqwest::get(format!("{}/live/stream", service.base_url))
+    let response = reqwest::get(format!("{}/live/stream", service.base_url))
         .await
         .expect("the stream opens");
-    assert_eq!(stream.status(), 200);
+    assert_eq!(response.status(), 200);
+    let mut stream = SnapshotStream::new(response);
     let client = reqwest::Client::new();
     // In flight first (awaiting a 300 ms timer), then held up by the stall: its victim. A
     // request that arrives during the stall is not one yet: nothing reads it until the
@@ -768,22 +769,10 @@ async fn the_live_stream_names_a_stall_while_the_only_worker_is_blocked() {
             .header("x-request-id", "live-culprit")
             .send(),
     );
-    let mut text = String::new();
     let mut during = Vec::new();
     while sent.elapsed() < Duration::from_millis(2_200) {
-        let chunk = tokio::time::timeout(Duration::from_secs(2), stream.chunk())
-            .await
-            .expect("the stream keeps coming during the stall")
-            .expect("read")
-            .expect("open");
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = text.find("\n\n") {
-            let event: String = text.drain(..end + 2).collect();
-            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                let snapshot: serde_json::Value = serde_json::from_str(data).expect("JSON");
-                during.push((sent.elapsed(), snapshot));
-            }
-        }
+        let snapshot = stream.next(Duration::from_secs(2)).await;
+        during.push((sent.elapsed(), snapshot));
     }
     let in_stall: Vec<&serde_json::Value> = during
         .iter()
@@ -826,22 +815,14 @@ async fn the_live_stream_names_a_stall_while_the_only_worker_is_blocked() {
     // The victim is listed beside its culprit once it has its answer.
     let deadline = Instant::now() + Duration::from_secs(3);
     let victims = loop {
-        let chunk = stream.chunk().await.expect("read").expect("open");
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        let mut found = None;
-        while let Some(end) = text.find("\n\n") {
-            let event: String = text.drain(..end + 2).collect();
-            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                let snapshot: serde_json::Value = serde_json::from_str(data).expect("JSON");
-                found = snapshot["stalls"].as_array().and_then(|stalls| {
-                    stalls
-                        .iter()
-                        .find(|s| s["request_id"] == "live-culprit" && s["in_progress"] == false)
-                        .map(|s| s["victims"].clone())
-                });
-            }
-        }
-        if let Some(victims) = found.filter(|v| v.as_array().is_some_and(|v| !v.is_empty())) {
+        let snapshot = stream.next(Duration::from_secs(2)).await;
+        let victims = snapshot["stalls"].as_array().and_then(|stalls| {
+            stalls
+                .iter()
+                .find(|s| s["request_id"] == "live-culprit" && s["in_progress"] == false)
+                .map(|s| s["victims"].clone())
+        });
+        if let Some(victims) = victims.filter(|v| v.as_array().is_some_and(|v| !v.is_empty())) {
             break victims;
         }
         assert!(
@@ -852,7 +833,7 @@ async fn the_live_stream_names_a_stall_while_the_only_worker_is_blocked() {
     let victim = victims
         .as_array()
         .and_then(|v| v.iter().find(|v| v["request_id"] == "live-victim"))
-        .unwrap_or_else(|| panic!("the /hello request is the stall's victim: {victims}"));
+        .unwrap_or_else(|| panic!("the in-flight async sleep is the stall's victim: {victims}"));
     assert_eq!(
         (&victim["route"], &victim["variant"]),
         (&ROUTE.into(), &"async".into())

@@ -334,3 +334,52 @@ impl Scrape {
         self.samples.iter().filter(|s| s.metric == metric).count()
     }
 }
+
+/// The live page's stream (`/live/stream`, Server-Sent Events), read snapshot by snapshot.
+pub struct SnapshotStream {
+    response: reqwest::Response,
+    text: String,
+    parsed: std::collections::VecDeque<serde_json::Value>,
+}
+
+impl SnapshotStream {
+    /// Reads `response`, a stream already checked by the caller.
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            response,
+            text: String::new(),
+            parsed: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The next snapshot; panics if none arrives `within`.
+    pub async fn next(&mut self, within: std::time::Duration) -> serde_json::Value {
+        loop {
+            if let Some(snapshot) = self.parsed.pop_front() {
+                return snapshot;
+            }
+            let chunk = tokio::time::timeout(within, self.response.chunk())
+                .await
+                .expect("a snapshot in time")
+                .expect("the stream reads")
+                .expect("the stream is open");
+            self.text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = self.text.find("\n\n") {
+                let event: String = self.text.drain(..end + 2).collect();
+                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    self.parsed
+                        .push_back(serde_json::from_str(data).expect("a snapshot is JSON"));
+                }
+            }
+        }
+    }
+
+    /// Whether the server ends the stream `within` (whatever it still sends before).
+    pub async fn ends_within(&mut self, within: std::time::Duration) -> bool {
+        tokio::time::timeout(within, async {
+            while let Ok(Some(_)) = self.response.chunk().await {}
+        })
+        .await
+        .is_ok()
+    }
+}

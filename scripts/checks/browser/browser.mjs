@@ -27,3 +27,16 @@ export function onlyLoopback(page) {
   });
   return outside;
 }
+
+// A new page that collects its console errors and the requests it sends outside loopback:
+// every check fails on either.
+export async function watchedPage(browser, viewport) {
+  const page = await browser.newPage({ viewport });
+  const outside = onlyLoopback(page);
+  const consoleErrors = [];
+  page.on("console", (message) => {
+    if (message.type() === "error") consoleErrors.push(message.text());
+  });
+  page.on("pageerror", (error) => consoleErrors.push(String(error)));
+  return { page, outside, consoleErrors };
+}

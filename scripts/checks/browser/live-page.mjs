@@ -9,7 +9,7 @@
 // between 1.5 s and 2.5 s, a verdict other than "blocking serialised, the rest parallel", an
 // error in the browser console, or any request leaving loopback.
 import { chromium } from "playwright-core";
-import { launchOptions, onlyLoopback } from "./browser.mjs";
+import { launchOptions, watchedPage } from "./browser.mjs";
 
 const [base, shots] = process.argv.slice(2);
 if (!base || !shots) {
@@ -21,13 +21,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const failures = [];
 const browser = await chromium.launch(launchOptions);
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 1100 } });
-  const outside = onlyLoopback(page);
-  const consoleErrors = [];
-  page.on("console", (message) => {
-    if (message.type() === "error") consoleErrors.push(message.text());
-  });
-  page.on("pageerror", (error) => consoleErrors.push(String(error)));
+  const { page, outside, consoleErrors } = await watchedPage(browser, { width: 1280, height: 1100 });
 
   await page.goto(`${base}/`);
   await page.waitForFunction(() => document.getElementById("connection").textContent === "live", null, { timeout: 10000 });

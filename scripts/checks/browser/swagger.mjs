@@ -7,7 +7,7 @@
 // dropdown of the lesson's variants, an Execute that never answers or answers another status,
 // an error in the browser console, or any request leaving loopback.
 import { chromium } from "playwright-core";
-import { launchOptions, onlyLoopback } from "./browser.mjs";
+import { launchOptions, watchedPage } from "./browser.mjs";
 
 const [base, shots] = process.argv.slice(2);
 if (!base || !shots) {
@@ -27,13 +27,7 @@ const LESSONS = {
 const failures = [];
 const browser = await chromium.launch(launchOptions);
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  const outside = onlyLoopback(page);
-  const consoleErrors = [];
-  page.on("console", (message) => {
-    if (message.type() === "error") consoleErrors.push(message.text());
-  });
-  page.on("pageerror", (error) => consoleErrors.push(String(error)));
+  const { page, outside, consoleErrors } = await watchedPage(browser, { width: 1280, height: 1000 });
 
   await page.goto(`${base}/`);
   await page.getByRole("link", { name: "API docs" }).click();
