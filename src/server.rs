@@ -14,7 +14,7 @@ use crate::shutdown::{Deadline, Event, Stopped};
 use crate::state::AppState;
 use crate::telemetry::Telemetry;
 use crate::telemetry::background::BackgroundServer;
-use crate::telemetry::front_door::{self, FrontDoor, ServiceConnections};
+use crate::telemetry::front_door::{self, FrontDoor, HandedConnections};
 
 /// Everything the service needs before its runtime starts.
 struct Prepared {
@@ -79,7 +79,7 @@ fn open_front_door(
     listener: std::net::TcpListener,
     state: &AppState,
     args: &ServeArgs,
-) -> anyhow::Result<(ServiceConnections, FrontDoor)> {
+) -> anyhow::Result<(HandedConnections, FrontDoor)> {
     let own_url = browsable_url(listener.local_addr()?);
     let _ = state.page.own_url.set(own_url);
     if let Some(trace_url) = &args.trace_url {
@@ -99,7 +99,7 @@ fn open_front_door(
 /// Serves until `shutdown` is cancelled and every in-flight request is answered. How long
 /// that may take is the caller's to bound: with stalled workers no timer in here would fire.
 async fn serve(
-    connections: ServiceConnections,
+    connections: HandedConnections,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {

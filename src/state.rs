@@ -80,6 +80,8 @@ pub struct PageSettings {
     pub own_url: OnceLock<String>,
     /// A trace UI's URL with `{trace_id}` in it (`--trace-url`), for links from stalls.
     pub trace_url: OnceLock<String>,
+    /// Whether one of the page's experiments is running (one at a time).
+    pub experiment_running: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -156,6 +156,8 @@ pub struct VariantResult {
     pub verdict: Verdict,
     /// Whether the lesson says this variant stalls (the verdict should agree).
     pub expected_to_stall: bool,
+    /// Whether the verdict says what the lesson expects ([`Verdict::agrees_with_lesson`]).
+    pub agrees_with_lesson: bool,
     /// Stalls the target's watchdog reported for this variant during the run (from its
     /// `/metrics`; `null` if it could not be read).
     pub watchdog_stalls: Option<u64>,
@@ -276,7 +278,7 @@ pub async fn run_lesson(
         };
         let route = lesson.route();
         let stalls_before = watchdog_stalls(client, target, route, variant).await;
-        let clock_before = watchdog.map(Watchdog::clock_ns);
+        let clock_before = watchdog.map(Watchdog::now_ns);
         let batch = fire(client, &url, concurrency, progress).await;
         let stalls = match (watchdog, clock_before) {
             (Some(watchdog), Some(since)) => stalls_since(watchdog, since, route, variant),
@@ -289,13 +291,16 @@ pub async fn run_lesson(
         let watchdog_stalls = stalls_after
             .zip(stalls_before)
             .map(|(after, before)| after.saturating_sub(before));
+        let verdict = Verdict::judge(slowdown, batch.errors.is_empty(), watchdog_stalls);
+        let expected_to_stall = lesson.stalls(variant);
         variants.push(VariantResult {
             variant,
             completions_ms,
             slowest_ms,
             slowdown,
-            verdict: Verdict::judge(slowdown, batch.errors.is_empty(), watchdog_stalls),
-            expected_to_stall: lesson.stalls(variant),
+            verdict,
+            expected_to_stall,
+            agrees_with_lesson: verdict.agrees_with_lesson(expected_to_stall),
             watchdog_stalls,
             errors: batch.errors,
             timeline: batch.timeline,

@@ -108,10 +108,7 @@ pub fn render_table(report: &ExperimentReport) -> String {
                 .map(|ms| format!("{ms:.0}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let surprise = if variant
-                .verdict
-                .agrees_with_lesson(variant.expected_to_stall)
-            {
+            let surprise = if variant.agrees_with_lesson {
                 ""
             } else {
                 "  (unexpected!)"

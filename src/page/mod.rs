@@ -10,7 +10,7 @@
 
 mod snippets;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
@@ -143,8 +143,25 @@ const DEFAULT_MS: u64 = 1_000;
 /// click cannot flood the service.
 const MAX_CONCURRENCY: u64 = 64;
 
-/// One experiment at a time: two at once would each see the other's stalls.
-static RUNNING: AtomicBool = AtomicBool::new(false);
+/// The service's one experiment slot, taken until dropped: two runs at once would each see
+/// the other's stalls.
+struct ExperimentSlot(AppState);
+
+impl ExperimentSlot {
+    fn take(state: &AppState) -> Option<Self> {
+        let running = &state.page.experiment_running;
+        (!running.swap(true, Ordering::AcqRel)).then(|| Self(state.clone()))
+    }
+}
+
+impl Drop for ExperimentSlot {
+    fn drop(&mut self) {
+        self.0
+            .page
+            .experiment_running
+            .store(false, Ordering::Release);
+    }
+}
 
 #[derive(Serialize)]
 struct LessonRun {
@@ -183,11 +200,11 @@ async fn run_lesson(
     let target = state.page.own_url.get().cloned().ok_or_else(|| {
         AppError::Unavailable("the service does not know its own address yet".into())
     })?;
-    if RUNNING.swap(true, Ordering::AcqRel) {
-        return Err(AppError::Conflict(
+    let slot = ExperimentSlot::take(&state).ok_or_else(|| {
+        AppError::Conflict(
             "another experiment is running: wait for its result, then run this one".into(),
-        ));
-    }
+        )
+    })?;
     let watchdog = state.telemetry.watchdog.clone();
     let (done, result) = tokio::sync::oneshot::channel();
     // On a thread and runtime of its own, as `stallscope experiment` runs its client: the
@@ -229,11 +246,12 @@ async fn run_lesson(
                         .await)
                     })
                 });
-            RUNNING.store(false, Ordering::Release);
+            // Free before answering, so the page's next click finds the slot open.
+            drop(slot);
             let _ = done.send(outcome);
         });
+    // A thread that never started dropped its closure, and the slot with it.
     if let Err(err) = spawned {
-        RUNNING.store(false, Ordering::Release);
         return Err(AppError::Internal(format!(
             "could not start the experiment: {err}"
         )));

@@ -258,13 +258,12 @@ async function runLesson(lesson, section, button, status) {
     for (const variant of body.variants) {
       const target = section.querySelector(`.variant[data-variant="${CSS.escape(variant.variant)}"] .result`);
       if (!target) continue;
-      const agrees = variant.expected_to_stall === (variant.verdict === "serialised" || variant.verdict === "masked");
       target.replaceChildren(
         el("p", {},
           el("span", { class: `verdict ${variant.verdict}`, "data-verdict": variant.verdict }, variant.verdict),
           ` slowest ${ms(variant.slowest_ms)} (${variant.slowdown.toFixed(2)} × parallel), ` +
           `${variant.watchdog_stalls ?? "?"} stall(s) caught by the watchdog`,
-          agrees ? "" : " — not what the lesson expects on this machine"),
+          variant.agrees_with_lesson ? "" : " — not what the lesson expects on this machine"),
         timeline(variant));
       if (variant.errors && variant.errors.length) target.append(el("p", { class: "error" }, variant.errors.join("; ")));
     }

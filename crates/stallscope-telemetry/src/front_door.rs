@@ -9,7 +9,7 @@
 //!
 //! The front thread accepts, peeks at each connection's first request line without reading
 //! it, and hands the socket over: to its own `axum::serve` for a front path, to the service
-//! ([`ServiceConnections`], an [`axum::serve::Listener`]) otherwise. A connection is placed
+//! ([`HandedConnections`], an [`axum::serve::Listener`]) otherwise. A connection is placed
 //! once, by its first request, so front responses say `Connection: close`: a browser then
 //! never sends a service request down a front connection (which would run a handler on the
 //! front thread). A connection that sends nothing for [`PEEK_FOR`] goes to the service, which
@@ -56,33 +56,30 @@ impl FrontDoor {
     }
 }
 
-/// The connections the front door hands to the service: give it to `axum::serve` on the
-/// service runtime instead of a `TcpListener`. Wrap it in `.tap_io(|_| ())` to keep
-/// `ConnectInfo<SocketAddr>` (axum provides it for tapped listeners).
-pub struct ServiceConnections {
+/// Connections the front door has placed, as an `axum::serve` listener: the service's (give
+/// it to `axum::serve` on the service runtime instead of a `TcpListener`; wrap it in
+/// `.tap_io(|_| ())` to keep `ConnectInfo<SocketAddr>`, which axum provides for tapped
+/// listeners), and, inside the front thread, the front's own.
+pub struct HandedConnections {
     handed: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
     local_addr: SocketAddr,
 }
 
 /// Accepts on `listener` from a new thread called `name`; requests whose path `is_front`
 /// accepts (on a connection's first request) are served by `front` there, all others go to
-/// the returned [`ServiceConnections`]. Both stop when `shutdown` is cancelled: the front
+/// the returned [`HandedConnections`]. Both stop when `shutdown` is cancelled: the front
 /// thread stops accepting and drains its own connections (`front` must end long-lived
 /// responses on `shutdown` too).
 ///
 /// ```no_run
-/// use std::sync::Arc;
 /// use axum::{Router, routing::get, serve::ListenerExt};
 /// use stallscope_telemetry::{Settings, Telemetry, front_door, live};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// let telemetry = Telemetry::new(Settings::default());
 /// let shutdown = CancellationToken::new();
-/// // The live feed on the front door's runtime: it keeps streaming while the app's stalls.
-/// let front = Router::new().route("/live/stream", get({
-///     let (telemetry, shutdown) = (Arc::clone(&telemetry), shutdown.clone());
-///     move || async move { live::stream(telemetry, shutdown) }
-/// }));
+/// // The live feed on the front door's runtime: it keeps streaming while the app stalls.
+/// let front = live::router(telemetry.clone(), shutdown.clone());
 /// let listener = std::net::TcpListener::bind("127.0.0.1:3000")?;
 /// let (connections, _door) = front_door::open(
 ///     "front-door", listener, front, |path| path.starts_with("/live/"), shutdown.clone(),
@@ -102,7 +99,7 @@ pub fn open(
     front: Router,
     is_front: fn(&str) -> bool,
     shutdown: CancellationToken,
-) -> io::Result<(ServiceConnections, FrontDoor)> {
+) -> io::Result<(HandedConnections, FrontDoor)> {
     listener.set_nonblocking(true)?;
     let local_addr = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -122,7 +119,7 @@ pub fn open(
             });
         })?;
     Ok((
-        ServiceConnections { handed, local_addr },
+        HandedConnections { handed, local_addr },
         FrontDoor {
             thread: Some(thread),
             shutdown,
@@ -145,7 +142,7 @@ async fn accept_loop(
     let front = front.layer(axum::middleware::map_response(close_after));
     let front_server = tokio::spawn(
         axum::serve(
-            ServiceConnections {
+            HandedConnections {
                 handed: front_handed,
                 local_addr,
             },
@@ -242,7 +239,7 @@ async fn close_after(mut response: Response) -> Response {
     response
 }
 
-impl axum::serve::Listener for ServiceConnections {
+impl axum::serve::Listener for HandedConnections {
     type Io = TcpStream;
     type Addr = SocketAddr;
 

@@ -160,17 +160,23 @@ impl StallLog {
             Ok(stalls) => stalls.iter().map(|(_, stall)| stall.clone()).collect(),
             Err(_) => return Vec::new(),
         };
-        let victims = self.victims.lock().map(|v| v.clone()).unwrap_or_default();
+        // Grouped by culprit once: a page asks several times a second.
+        let mut by_stall: std::collections::HashMap<(u64, String), Vec<Victim>> =
+            std::collections::HashMap::new();
+        if let Ok(victims) = self.victims.lock() {
+            for victim in victims.iter() {
+                by_stall
+                    .entry((victim.stall_started_ns, victim.stall_worker.clone()))
+                    .or_default()
+                    .push(victim.clone());
+            }
+        }
         stalls
             .into_iter()
             .map(|stall| {
-                let of_it = victims
-                    .iter()
-                    .filter(|v| {
-                        v.stall_started_ns == stall.started_ns && v.stall_worker == stall.worker
-                    })
-                    .cloned()
-                    .collect();
+                let of_it = by_stall
+                    .remove(&(stall.started_ns, stall.worker.clone()))
+                    .unwrap_or_default();
                 (stall, of_it)
             })
             .collect()

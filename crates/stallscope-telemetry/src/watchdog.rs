@@ -132,13 +132,9 @@ impl Watchdog {
         self.threshold
     }
 
-    fn now_ns(&self) -> u64 {
-        self.ns_at(Stamp::now())
-    }
-
     /// Now on the clock stalls are stamped with ([`Stall::started_ns`]).
-    pub fn clock_ns(&self) -> u64 {
-        self.now_ns()
+    pub fn now_ns(&self) -> u64 {
+        self.ns_at(Stamp::now())
     }
 
     fn ns_at(&self, stamp: Stamp) -> u64 {
