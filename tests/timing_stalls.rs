@@ -84,6 +84,7 @@ async fn blocking_sleep_is_caught_while_it_stalls_and_async_sleep_is_not() {
         "variant=\"blocking\"",
         "worker=stallscope-rt-",
         "request_id=",
+        "span_id=",
     ] {
         assert!(
             warning.contains(needle),

@@ -707,6 +707,16 @@ async fn json_logs_carry_the_exported_trace_id() {
         .find(|l| l["level"] == "WARN")
         .unwrap_or_else(|| panic!("no stall warning in {lines:#?}"));
     assert_eq!(warning["trace_id"], stalled.trace_id.as_str(), "{warning}");
+    assert_eq!(warning["span_id"], stalled.span_id.as_str(), "{warning}");
+    assert!(warning["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{warning}");
+    // The watchdog's closing line names the same request, the same way.
+    let ended = lines
+        .iter()
+        .find(|l| l["message"] == "stall ended")
+        .unwrap_or_else(|| panic!("no `stall ended` line in {lines:#?}"));
+    for field in ["trace_id", "span_id", "request_id"] {
+        assert_eq!(ended[field], warning[field], "{field}: {ended}");
+    }
 }
 
 /// The users API as traces and logs see it: each query has a client span with `db.system.name`
