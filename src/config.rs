@@ -54,7 +54,7 @@ pub fn available_cpus() -> usize {
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
     /// Largest `ms` accepted by `/sleep/*` and `/upstream/*`.
-    #[arg(long, env = "STALLSCOPE_MAX_SLEEP_MS", default_value_t = 10_000)]
+    #[arg(long, env = "STALLSCOPE_MAX_SLEEP_MS", default_value_t = DEFAULT_MAX_SLEEP_MS)]
     pub max_sleep_ms: u64,
 
     /// Largest `iterations` accepted by `/cpu/*` (SHA-256 rounds; the default keeps one
@@ -62,15 +62,58 @@ pub struct LimitArgs {
     #[arg(
         long,
         env = "STALLSCOPE_MAX_CPU_ITERATIONS",
-        default_value_t = 200_000_000
+        default_value_t = DEFAULT_MAX_CPU_ITERATIONS
     )]
     pub max_cpu_iterations: u64,
 
     /// Refuse the variants that stall a worker (`/sleep/blocking`, `/cpu/inline`, …: those the
     /// lessons mark as stalling) with a 403, for a service others can reach.
-    #[arg(long, env = "STALLSCOPE_NO_STALLING_VARIANTS", action = ArgAction::SetTrue,
+    #[arg(long, env = "STALLSCOPE_NO_STALL_DEMOS", action = ArgAction::SetTrue,
           value_parser = BoolishValueParser::new())]
-    pub no_stalling_variants: bool,
+    pub no_stall_demos: bool,
+
+    /// Requests of one lesson's stalling variants served at once; more get a 503 with
+    /// `Retry-After`. Room for the experiment's `workers + 1`, far from a flood.
+    #[arg(long, env = "STALLSCOPE_STALL_DEMO_CAP", default_value_t = DEFAULT_STALL_DEMO_CAP,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub stall_demo_cap: u32,
+
+    /// Requests served at once, all routes together; more get a 503 with `Retry-After`.
+    #[arg(long, env = "STALLSCOPE_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: u32,
+
+    /// How long a request to a route that is not a lesson (users, login, health, docs) may
+    /// take before it is answered 504. Lessons wait on purpose and have their own bounds.
+    #[arg(long, env = "STALLSCOPE_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
+}
+
+/// `--max-sleep-ms`'s default.
+pub const DEFAULT_MAX_SLEEP_MS: u64 = 10_000;
+/// `--max-cpu-iterations`'s default.
+pub const DEFAULT_MAX_CPU_ITERATIONS: u64 = 200_000_000;
+/// `--stall-demo-cap`'s default.
+pub const DEFAULT_STALL_DEMO_CAP: u32 = 16;
+/// `--max-in-flight`'s default: far above what a few file descriptors' worth of connections
+/// ask of an async route, low enough to bound memory.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 16_384;
+/// `--request-timeout-ms`'s default.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+impl Default for LimitArgs {
+    /// The command line's defaults.
+    fn default() -> Self {
+        Self {
+            max_sleep_ms: DEFAULT_MAX_SLEEP_MS,
+            max_cpu_iterations: DEFAULT_MAX_CPU_ITERATIONS,
+            no_stall_demos: false,
+            stall_demo_cap: DEFAULT_STALL_DEMO_CAP,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+        }
+    }
 }
 
 /// The range a lesson's query parameter accepts, and its value when a request leaves it out.
@@ -145,6 +188,19 @@ pub struct ServeArgs {
     #[arg(long, env = "STALLSCOPE_TRACE_URL")]
     pub trace_url: Option<String>,
 
+    /// Client connections open at once; more are closed as they arrive. Default: the
+    /// open-file limit less 128, so the process never runs out of descriptors for the
+    /// connections it has.
+    #[arg(long, env = "STALLSCOPE_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// A request's head (request line and headers) must arrive within this, and a kept-alive
+    /// connection is closed after this long idle.
+    #[arg(long, env = "STALLSCOPE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub header_read_timeout_ms: u64,
+
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 
@@ -162,6 +218,10 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
     /// The settings `stallscope serve` would use with no flags (environment variables still
     /// apply). The experiment and the tests start from these and change what they need.
     pub fn defaults() -> Self {

@@ -39,11 +39,27 @@ pub enum AppError {
     #[error("upstream timed out after {timeout_ms} ms")]
     UpstreamTimeout { timeout_ms: u64 },
 
-    /// A stalling variant on a service started with `--no-stalling-variants`.
+    /// A stalling variant on a service started with `--no-stall-demos`.
     #[error(
-        "`{path}` stalls a worker, and this service refuses the stalling variants (--no-stalling-variants)"
+        "`{path}` stalls a worker, and this service refuses the stalling variants (--no-stall-demos)"
     )]
-    StallingVariantOff { path: String },
+    StallDemosOff { path: String },
+
+    /// A lesson's stalling variants already hold all their slots (`--stall-demo-cap`).
+    #[error(
+        "{cap} requests of the {lesson} lesson's stalling variants are already running (--stall-demo-cap); try again in a moment"
+    )]
+    StallDemosBusy { lesson: &'static str, cap: u32 },
+
+    /// The service already answers its most requests at once (`--max-in-flight`).
+    #[error(
+        "the service is answering as many requests as --max-in-flight allows; try again in a moment"
+    )]
+    Overloaded,
+
+    /// A route that is not a lesson took longer than `--request-timeout-ms`.
+    #[error("the request took longer than --request-timeout-ms allows and was abandoned")]
+    TimedOut,
 
     /// The service is shutting down or a dependency is not ready.
     #[error("not ready: {0}")]
@@ -150,7 +166,10 @@ impl AppError {
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             AppError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable(_) | AppError::StallDemosBusy { .. } | AppError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            AppError::TimedOut => StatusCode::GATEWAY_TIMEOUT,
             AppError::Internal(_) | AppError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AppError::InvalidPathParameter { .. } | AppError::BadJson(_) => StatusCode::BAD_REQUEST,
             AppError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -159,7 +178,7 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AppError::StallingVariantOff { .. } => StatusCode::FORBIDDEN,
+            AppError::StallDemosOff { .. } => StatusCode::FORBIDDEN,
         }
     }
 

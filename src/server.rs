@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeArgs;
@@ -72,9 +71,9 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     })
 }
 
-/// Accepts on `listener` through the front door: the live page's connections are served on
-/// the door's own thread and runtime, every other one goes to the returned connections for
-/// [`serve`]. Tells the page the service's own address and the trace UI's.
+/// Accepts on `listener` through the front door: the live page's connections, probes' and
+/// scrapes' are served on the door's own thread and runtime, every other one goes to the
+/// returned connections for [`serve`]. Tells the page the service's own address and the trace UI's.
 fn open_front_door(
     listener: std::net::TcpListener,
     state: &AppState,
@@ -85,15 +84,28 @@ fn open_front_door(
     if let Some(trace_url) = &args.trace_url {
         let _ = state.page.trace_url.set(trace_url.clone());
     }
-    let page = crate::page::routes().with_state(state.clone());
-    front_door::open(
-        "stallscope-front",
-        listener,
-        page,
-        crate::page::is_page_path,
-        state.shutdown.clone(),
-    )
-    .context("could not start the front door")
+    let front = crate::page::routes()
+        .merge(crate::routes::probes())
+        .with_state(state.clone());
+    let rules = front_door::DoorRules {
+        front,
+        is_front: is_front_path,
+        gate: Some(state.admission.gate(state.clone())),
+        max_connections: args
+            .max_connections
+            .map_or_else(front_door::connections_within_file_limit, |cap| {
+                cap as usize
+            }),
+        header_read_timeout: args.header_read_timeout(),
+    };
+    front_door::open("stallscope-front", listener, rules, state.shutdown.clone())
+        .context("could not start the front door")
+}
+
+/// What the front door serves itself: the live page, and `/healthz`, `/readyz`, `/metrics`,
+/// which must answer while lessons hold every service worker.
+fn is_front_path(path: &str) -> bool {
+    crate::page::is_page_path(path) || crate::routes::is_probe_path(path)
 }
 
 /// Serves until `shutdown` is cancelled and every in-flight request is answered. How long
@@ -101,18 +113,13 @@ fn open_front_door(
 async fn serve(
     connections: HandedConnections,
     state: AppState,
+    header_read_timeout: Duration,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     state.telemetry.start()?;
     let app = crate::app(state);
-    // With the peer's address in each request (`client.address` on its span): axum gives
-    // `ConnectInfo<SocketAddr>` for a tapped listener.
-    axum::serve(
-        connections.tap_io(|_: &mut tokio::net::TcpStream| {}),
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
+    crate::telemetry::serve::serve(connections, app, header_read_timeout, shutdown).await;
+    Ok(())
 }
 
 /// `stallscope serve`: runs until SIGINT or SIGTERM, then drains within the shutdown
@@ -130,6 +137,7 @@ pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<Stopped> {
         .with_context(|| format!("could not listen on {}", args.bind))?;
     let base = browsable_url(listener.local_addr()?);
     let (connections, front_door) = open_front_door(listener, &state, args)?;
+    let header_read_timeout = args.header_read_timeout();
     tracing::info!(
         workers = args.runtime.worker_threads(),
         "stallscope is serving: open {base}/ to watch stalls live and run the lessons; API docs at {base}/docs, metrics at {base}/metrics"
@@ -149,7 +157,7 @@ pub fn run_foreground(args: &ServeArgs) -> anyhow::Result<Stopped> {
         .name("stallscope-accept".into())
         .spawn(move || {
             let served = handle
-                .block_on(serve(connections, state, shutdown))
+                .block_on(serve(connections, state, header_read_timeout, shutdown))
                 .context("the server failed");
             let _ = events.send(Event::Served(served));
         })?;
@@ -238,12 +246,18 @@ impl RunningService {
         let addr = listener.local_addr()?;
         let (connections, front_door) = open_front_door(listener, &state, args)?;
         let drain = Deadline::new(Duration::from_millis(args.shutdown_deadline_ms));
+        let header_read_timeout = args.header_read_timeout();
         let service_shutdown = shutdown.clone();
         let thread = std::thread::Builder::new()
             .name("stallscope-service".into())
             .spawn(move || {
                 let result = runtime.block_on(async move {
-                    let served = serve(connections, state, service_shutdown.clone());
+                    let served = serve(
+                        connections,
+                        state,
+                        header_read_timeout,
+                        service_shutdown.clone(),
+                    );
                     // In-process, nothing stalls this runtime for long: its own timer will do.
                     let give_up = async {
                         service_shutdown.cancelled().await;

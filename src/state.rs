@@ -10,6 +10,7 @@ use crate::config::LimitArgs;
 use crate::db::Database;
 use crate::db::password::Passwords;
 use crate::error::AppError;
+use crate::routes::admission::Admission;
 use crate::telemetry::{Telemetry, trace_context};
 use tracing::Instrument;
 
@@ -45,6 +46,8 @@ pub struct SharedState {
     pub passwords: Passwords,
     /// The live page's settings, known once the service listens.
     pub page: PageSettings,
+    /// The caps on stall demos and on requests in flight (`crate::routes::admission`).
+    pub admission: Admission,
 }
 
 impl AppState {
@@ -61,6 +64,7 @@ impl AppState {
             .thread_name(|i| format!("rayon-cpu-{i}"))
             .build()?;
         Ok(Self(Arc::new(SharedState {
+            admission: Admission::new(&limits),
             limits: Arc::new(limits),
             upstream: UpstreamClients::new(upstream_base_url, upstream_timeout)?,
             cpu_pool: Arc::new(cpu_pool),

@@ -51,7 +51,7 @@ fn app_with_upstream(upstream_url: &str, timeout: Duration) -> TestApp {
     let limits = LimitArgs {
         max_sleep_ms: MAX_SLEEP_MS,
         max_cpu_iterations: MAX_CPU_ITERATIONS,
-        no_stalling_variants: false,
+        ..LimitArgs::default()
     };
     app_with_limits(limits, upstream_url, timeout)
 }
@@ -188,7 +188,7 @@ async fn absent_lesson_parameters_take_their_documented_defaults() {
     let low_cap = LimitArgs {
         max_sleep_ms: MAX_SLEEP_MS,
         max_cpu_iterations: 1_000,
-        no_stalling_variants: false,
+        ..LimitArgs::default()
     };
     let app = app_with_limits(low_cap, "http://127.0.0.1:9", Duration::from_secs(2));
     let (status, _, body) = call(app.router(), Method::GET, "/cpu/rayon").await;
@@ -198,7 +198,7 @@ async fn absent_lesson_parameters_take_their_documented_defaults() {
     let uncapped = LimitArgs {
         max_sleep_ms: MAX_SLEEP_MS,
         max_cpu_iterations: u64::MAX,
-        no_stalling_variants: false,
+        ..LimitArgs::default()
     };
     assert_eq!(
         uncapped.cpu_iterations().default,
@@ -352,7 +352,7 @@ async fn readyz_fails_once_shutdown_begins() {
     let limits = LimitArgs {
         max_sleep_ms: 1,
         max_cpu_iterations: 1,
-        no_stalling_variants: false,
+        ..LimitArgs::default()
     };
     let (db, dir) = sqlite_database();
     let state = AppState::new(
@@ -691,14 +691,15 @@ async fn the_live_page_and_its_assets_come_from_the_binary() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "ms is at least 1");
 }
 
-/// `--no-stalling-variants`: every variant the registry marks as stalling answers 403 naming
+/// `--no-stall-demos`: every variant the registry marks as stalling answers 403 naming
 /// the flag, on every route of its lesson; the others still run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalling_variants_can_be_switched_off() {
     let limits = LimitArgs {
         max_sleep_ms: MAX_SLEEP_MS,
         max_cpu_iterations: MAX_CPU_ITERATIONS,
-        no_stalling_variants: true,
+        no_stall_demos: true,
+        ..LimitArgs::default()
     };
     let app = app_with_limits(limits, "http://127.0.0.1:9", Duration::from_secs(1));
     let mut refused = Vec::new();
@@ -714,7 +715,7 @@ async fn stalling_variants_can_be_switched_off() {
                 if variant.stalls {
                     assert_eq!(status, StatusCode::FORBIDDEN, "{uri}: {doc}");
                     let detail = doc["detail"].as_str().unwrap_or_default();
-                    assert!(detail.contains("--no-stalling-variants"), "{uri}: {doc}");
+                    assert!(detail.contains("--no-stall-demos"), "{uri}: {doc}");
                     refused.push(uri);
                 } else {
                     assert_ne!(status, StatusCode::FORBIDDEN, "{uri}: {doc}");
@@ -729,4 +730,92 @@ async fn stalling_variants_can_be_switched_off() {
     );
     let (status, _, _) = call(app.router(), Method::GET, "/sleep/async?ms=1").await;
     assert_eq!(status, StatusCode::OK);
+    // The live page shows the same variants switched off, and only those.
+    let (status, _, page) = call(app.router(), Method::GET, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    let page = String::from_utf8(page).expect("utf-8");
+    let (stalling, all) = stallscope::routes::LESSONS
+        .iter()
+        .flat_map(|lesson| lesson.variants)
+        .fold((0, 0), |(s, a), v| (s + usize::from(v.stalls), a + 1));
+    assert_eq!(page.matches("\"disabled\":true").count(), stalling);
+    assert_eq!(page.matches("\"disabled\":false").count(), all - stalling);
+}
+
+/// `--max-in-flight`: a request past the cap is a 503 problem with `Retry-After` at once,
+/// not a wait; the slot frees when the request in flight is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_in_flight_cap_get_503_at_once() {
+    let limits = LimitArgs {
+        max_in_flight: 1,
+        ..LimitArgs::default()
+    };
+    let app = app_with_limits(limits, "http://127.0.0.1:9", Duration::from_secs(1));
+    let first = tokio::spawn(call(app.router(), Method::GET, "/sleep/async?ms=600"));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = std::time::Instant::now();
+    let response = app
+        .router()
+        .oneshot(Request::get("/hello").body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "refused at once"
+    );
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let (status, doc) = problem(app.router(), "/metrics").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        doc["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("--max-in-flight")),
+        "{doc}"
+    );
+    let (status, _, _) = first.await.expect("task");
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, metrics) = call(app.router(), Method::GET, "/metrics").await;
+    assert_eq!(status, StatusCode::OK, "the slot is free again");
+    let metrics = String::from_utf8(metrics).expect("utf-8");
+    assert!(
+        metrics.contains("stallscope_requests_refused_total{reason=\"in_flight_cap\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("stallscope_in_flight_cap 1"), "{metrics}");
+}
+
+/// `--request-timeout-ms`: a route that is not a lesson answers 504 when it takes longer;
+/// lessons keep their own bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_that_are_not_lessons_time_out_with_504() {
+    let limits = LimitArgs {
+        request_timeout_ms: 1,
+        ..LimitArgs::default()
+    };
+    let app = app_with_limits(limits, "http://127.0.0.1:9", Duration::from_secs(1));
+    // A sign-up hashes its password for tens of milliseconds.
+    let request = Request::post("/users")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"username":"slow_one","email":"slow@example.com","password":"a long enough secret"}"#,
+        ))
+        .expect("request");
+    let response = app.router().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let doc: Value = serde_json::from_slice(&body).expect("problem");
+    assert!(
+        doc["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("--request-timeout-ms")),
+        "{doc}"
+    );
+    let (status, _, _) = call(app.router(), Method::GET, "/sleep/async?ms=50").await;
+    assert_eq!(status, StatusCode::OK, "lessons have no request timeout");
 }

@@ -844,3 +844,231 @@ async fn the_live_stream_names_a_stall_while_the_only_worker_is_blocked() {
         "{victim}"
     );
 }
+
+/// Saturation, as the issue "safe to expose" puts it: 20 inline CPU requests and 50 blocking
+/// sleeps against caps of 3 per lesson on two workers. The admitted ones hold both workers;
+/// the excess is refused with 503 + `Retry-After` naming the cap; and `/healthz`, `/readyz`
+/// and `/metrics` answer within 100 ms throughout, because the front door serves them on a
+/// thread the stalls cannot reach.
+#[tokio::test]
+async fn saturated_stall_demos_are_refused_and_probes_still_answer() {
+    let _serial = SERIAL.lock().await;
+    let service = ServiceProcess::start(&["--workers", "2", "--stall-demo-cap", "3"]).await;
+    let base = service.base_url.clone();
+    // A connection per request, as probes and a crowd of clients use them.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let mut load = tokio::task::JoinSet::new();
+    for i in 0..70 {
+        let (lesson, url) = if i < 20 {
+            ("cpu", format!("{base}/cpu/inline?iterations=1000000"))
+        } else {
+            ("sleep", format!("{base}/sleep/blocking?ms=1000"))
+        };
+        let client = client.clone();
+        load.spawn(async move {
+            let response = client.get(&url).send().await.expect("an answer");
+            let status = response.status().as_u16();
+            let retry_after = response.headers().contains_key("retry-after");
+            (
+                lesson,
+                status,
+                retry_after,
+                response.text().await.unwrap_or_default(),
+            )
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut slowest = (Duration::ZERO, "");
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let started = Instant::now();
+            let status = client
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("the probe answers")
+                .status();
+            assert_eq!(status, 200, "{path}");
+            if started.elapsed() > slowest.0 {
+                slowest = (started.elapsed(), path);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        slowest.0 < Duration::from_millis(100),
+        "the slowest probe, {}, took {:?} while the demos saturated the service",
+        slowest.1,
+        slowest.0
+    );
+    let mut outcomes = std::collections::BTreeMap::new();
+    while let Some(joined) = load.join_next().await {
+        let (lesson, status, retry_after, body) = joined.expect("request task");
+        match status {
+            200 => {}
+            503 => {
+                assert!(retry_after, "a 503 says when to retry: {body}");
+                assert!(body.contains("--stall-demo-cap"), "{body}");
+            }
+            other => panic!("{lesson}: {other} {body}"),
+        }
+        *outcomes.entry((lesson, status)).or_insert(0) += 1;
+    }
+    for lesson in ["cpu", "sleep"] {
+        assert!(
+            outcomes.get(&(lesson, 200)).is_some_and(|n| *n >= 3)
+                && outcomes.contains_key(&(lesson, 503)),
+            "{lesson}: some admitted, some refused: {outcomes:?}"
+        );
+    }
+    let refused: u32 = outcomes
+        .iter()
+        .filter(|((_, status), _)| *status == 503)
+        .map(|(_, n)| *n)
+        .sum();
+    let scrape = service.scrape().await;
+    assert_eq!(
+        scrape.value(
+            "stallscope_requests_refused_total",
+            &[("reason", "stall_demo_cap")]
+        ),
+        f64::from(refused)
+    );
+}
+
+/// Opens a connection and sends `head` (half a request), leaving it open.
+async fn half_sent(base_url: &str, head: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = base_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    stream.write_all(head.as_bytes()).await.expect("sends");
+    stream
+}
+
+/// Whether the server closes `stream` within `within` (anything it writes first, such as a
+/// 408, is read and ignored).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Slowloris, with the open-file limit at 1 024: 500 connections that send half a request
+/// (half of them stop inside the request line, which the front door waits for, half inside
+/// the headers, which hyper reads) are closed by the header-read timeout, and `/hello` answers
+/// throughout on a fresh connection.
+#[tokio::test]
+async fn half_sent_requests_are_closed_by_the_header_read_timeout() {
+    let _serial = SERIAL.lock().await;
+    let service = ServiceProcess::start_under(
+        &["prlimit", "--nofile=1024:1024", "--"],
+        &["--workers", "2", "--header-read-timeout-ms", "1500"],
+        &[],
+    )
+    .await;
+    let scrape = service.scrape().await;
+    assert_eq!(
+        scrape.value("stallscope_connection_cap", &[]),
+        1024.0 - 128.0,
+        "the cap leaves 128 descriptors below the limit"
+    );
+    let timed_out_before = scrape.value("stallscope_connections_timed_out_total", &[]);
+    let mut slow = Vec::new();
+    for i in 0..500 {
+        let head = if i % 2 == 0 {
+            "GET /hel"
+        } else {
+            "GET /hello HTTP/1.1\r\nHost: slow\r\nX-Slow: "
+        };
+        slow.push(half_sent(&service.base_url, head).await);
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let hello = client
+        .get(format!("{}/hello", service.base_url))
+        .send()
+        .await
+        .expect("/hello answers beside 500 slow connections");
+    assert_eq!(hello.status(), 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let mut still_open = 0;
+    for stream in &mut slow {
+        if !closed_within(stream, Duration::from_secs(3)).await {
+            still_open += 1;
+        }
+    }
+    assert_eq!(
+        still_open, 0,
+        "every half-sent request is closed by the timeout"
+    );
+    let scrape = service.scrape().await;
+    assert!(
+        scrape.value("stallscope_connections_timed_out_total", &[]) - timed_out_before >= 500.0,
+        "{}",
+        scrape.text
+    );
+    let hello = client
+        .get(format!("{}/hello", service.base_url))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(hello.status(), 200);
+}
+
+/// `--max-connections`: past the cap a connection is closed as it arrives (and counted); the
+/// cap frees as connections close.
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_as_they_arrive() {
+    let _serial = SERIAL.lock().await;
+    let service = ServiceProcess::start(&[
+        "--workers",
+        "2",
+        "--max-connections",
+        "5",
+        "--header-read-timeout-ms",
+        "1000",
+    ])
+    .await;
+    // The start-up probe's connection may still be closing: let it go.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(half_sent(&service.base_url, "").await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = half_sent(&service.base_url, "GET /hello HTTP/1.1\r\n\r\n").await;
+    assert!(
+        closed_within(&mut extra, Duration::from_millis(500)).await,
+        "the sixth connection is closed at once"
+    );
+    let scrape = service.scrape().await;
+    assert!(scrape.value("stallscope_connections_refused_total", &[]) >= 1.0);
+    for stream in &mut held {
+        assert!(
+            closed_within(stream, Duration::from_secs(3)).await,
+            "silent ones time out"
+        );
+    }
+    let hello = reqwest::get(format!("{}/hello", service.base_url))
+        .await
+        .expect("answers once the silent ones are gone");
+    assert_eq!(hello.status(), 200);
+}

@@ -708,7 +708,12 @@ async fn json_logs_carry_the_exported_trace_id() {
         .unwrap_or_else(|| panic!("no stall warning in {lines:#?}"));
     assert_eq!(warning["trace_id"], stalled.trace_id.as_str(), "{warning}");
     assert_eq!(warning["span_id"], stalled.span_id.as_str(), "{warning}");
-    assert!(warning["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{warning}");
+    assert!(
+        warning["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{warning}"
+    );
     // The watchdog's closing line names the same request, the same way.
     let ended = lines
         .iter()

@@ -2,7 +2,8 @@
 # What a newcomer clicks first, in a real browser: Debian's Chromium, driven by playwright-core
 # (never a downloaded browser), against the release binary. The live page at `/`, on a service
 # with one worker, must name a stall while it runs, keep changing through it and draw the sleep
-# lesson's verdicts from its button (live-page.mjs); its "API docs" link must lead to Swagger
+# lesson's verdicts from its button (live-page.mjs), and with --no-stall-demos show exactly the
+# stalling variants switched off (stall-demos-off.mjs); its "API docs" link must lead to Swagger
 # UI, whose "Try it out" → "Execute" must answer 200 on every lesson operation with the values
 # the document fills in (swagger.mjs). No page may fetch anything from outside loopback.
 set -euo pipefail
@@ -58,6 +59,24 @@ wait_until_up "http://127.0.0.1:$live_port/readyz" "$live"
 if ! node "$here/live-page.mjs" "http://127.0.0.1:$live_port" "$shots"; then
   echo "service log:" >&2
   cat "$tmp/live.log" >&2
+  exit 1
+fi
+
+# A service that refuses its stall demos: the page must say which ones.
+off_port=$(free_port)
+"$bin" serve --bind "127.0.0.1:$off_port" --workers 2 --no-stall-demos \
+  --database-url "sqlite://$tmp/off.db" >"$tmp/off.log" 2>&1 &
+off=$!
+cleanup_off() {
+  kill "$off" 2>/dev/null || true
+  wait "$off" 2>/dev/null || true
+  cleanup_live
+}
+trap cleanup_off EXIT
+wait_until_up "http://127.0.0.1:$off_port/readyz" "$off"
+if ! node "$here/stall-demos-off.mjs" "http://127.0.0.1:$off_port" "$shots"; then
+  echo "service log:" >&2
+  cat "$tmp/off.log" >&2
   exit 1
 fi
 echo "screenshots in $shots"

@@ -249,14 +249,24 @@ impl Database {
         &self.inner.sync
     }
 
-    /// `SELECT 1` through the async pool, bounded by the acquire timeout (for `/readyz`).
+    /// `SELECT 1` through the *sync* pool on a blocking thread, bounded by the acquire
+    /// timeout (for `/readyz`). Sync connections belong to no runtime, so the front door's
+    /// thread can ping while the service runtime is stalled; an async PostgreSQL or MySQL
+    /// connection is driven by a task on the runtime that opened it, and would wait for it.
     pub async fn ping(&self) -> Result<(), DbError> {
         let limit = self.inner.acquire_timeout;
-        tokio::time::timeout(limit, queries::ping(self))
-            .await
-            .map_err(|_| {
-                DbError::Unavailable(format!("no answer within {} ms", limit.as_millis()))
-            })?
+        let db = self.clone();
+        let ping = crate::telemetry::blocking::run_blocking("db/readiness-ping", move || {
+            queries::ping_blocking(&db)
+        });
+        match tokio::time::timeout(limit, ping).await {
+            Ok(Ok(answered)) => answered,
+            Ok(Err(failed)) => Err(DbError::Unavailable(format!("the ping failed: {failed}"))),
+            Err(_) => Err(DbError::Unavailable(format!(
+                "no answer within {} ms",
+                limit.as_millis()
+            ))),
+        }
     }
 }
 

@@ -114,11 +114,10 @@ where
     }
 }
 
-/// `SELECT 1`: is the database there?
-pub async fn ping(db: &Database) -> Result<(), DbError> {
-    on_async_conn!(db, "ping", |conn| diesel::sql_query("SELECT 1")
+/// `SELECT 1` over a sync connection: is the database there? **Blocks the calling thread.**
+pub fn ping_blocking(db: &Database) -> Result<(), DbError> {
+    on_sync_conn!(db, "ping", |conn| diesel::sql_query("SELECT 1")
         .execute(conn)
-        .await
         .map(drop))
 }
 

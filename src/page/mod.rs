@@ -70,6 +70,8 @@ struct LessonConfig {
 struct VariantConfig {
     name: &'static str,
     stalls: bool,
+    /// Refused by this service (`--no-stall-demos`).
+    disabled: bool,
     teaches: &'static str,
     rust: Option<String>,
     fastapi: Option<String>,
@@ -103,6 +105,7 @@ async fn index(State(state): State<AppState>) -> Html<String> {
                         VariantConfig {
                             name: variant.name,
                             stalls: variant.stalls,
+                            disabled: variant.stalls && state.limits.no_stall_demos,
                             teaches: variant.teaches,
                             rust,
                             fastapi,

@@ -232,7 +232,8 @@ function renderLessons() {
     const status = el("span", { class: "quiet", role: "status" });
     const variants = lesson.variants.map((v) => el("div", { class: "variant", "data-variant": v.name },
       el("h4", {}, el("code", {}, lesson.route.replace("{variant}", v.name)), " ",
-        v.stalls ? el("span", { class: "badge stall" }, "stalls") : el("span", { class: "badge ok" }, "does not stall")),
+        v.stalls ? el("span", { class: "badge stall" }, "stalls") : el("span", { class: "badge ok" }, "does not stall"),
+        v.disabled ? el("span", { class: "badge off", title: "this service runs with --no-stall-demos: the variant answers 403" }, "switched off (--no-stall-demos)") : null),
       el("p", {}, v.teaches),
       el("div", { class: "code" },
         el("div", {}, el("h4", {}, "Rust (stallscope)"), v.rust ? el("pre", {}, el("code", {}, v.rust)) : el("p", { class: "quiet" }, "see docs/lessons.md")),

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use super::lesson_request::{Chosen, Iterations, LessonVariant};
-use super::problems::{BadIterations, StallingVariantOff, UnknownVariant};
+use super::problems::{BadIterations, StallDemosBusy, StallDemosOff, UnknownVariant};
 use super::report::{WorkDone, WorkReport};
 use super::variant::lesson_variants;
 use crate::blocking::run_blocking;
@@ -71,11 +71,11 @@ fn hash_and_report(iterations: u64) -> WorkDone {
         ("variant" = inline(CpuVariant), Path, description = "Where to hash: `inline` is the stalling one"),
         ("iterations" = Option<u64>, Query, description = "SHA-256 rounds (1 to `--max-cpu-iterations`; the default takes about a second on a current x86-64 core)"),
     ),
-    responses((status = 200, description = "Hashed", body = WorkReport), BadIterations, UnknownVariant, StallingVariantOff)
+    responses((status = 200, description = "Hashed", body = WorkReport), BadIterations, UnknownVariant, StallDemosOff, StallDemosBusy)
 )]
 pub async fn handler(
     State(state): State<AppState>,
-    Chosen(variant): Chosen<CpuVariant>,
+    Chosen { variant, .. }: Chosen<CpuVariant>,
     Iterations(iterations): Iterations,
 ) -> Result<Json<WorkReport>, AppError> {
     let report = variant.report(json!({ "iterations": iterations }));

@@ -16,7 +16,9 @@ use axum::extract::{Path, State};
 use serde_json::json;
 
 use super::lesson_request::{Chosen, LessonVariant, WaitMs};
-use super::problems::{BadId, BadMs, DatabaseUnreachable, StallingVariantOff, UnknownVariant};
+use super::problems::{
+    BadId, BadMs, DatabaseUnreachableOrDemosBusy, StallDemosOff, UnknownVariant,
+};
 use super::report::{WorkDone, WorkReport};
 use super::variant::lesson_variants;
 use crate::blocking::run_blocking;
@@ -61,13 +63,13 @@ lesson_variants! {
         (status = 200, description = "Found; `output.user` is the user (never the password hash)", body = WorkReport),
         BadId,
         (status = 404, description = "Unknown variant or no such user", body = ProblemDoc, content_type = "application/problem+json"),
-        StallingVariantOff,
-        DatabaseUnreachable,
+        StallDemosOff,
+        DatabaseUnreachableOrDemosBusy,
     )
 )]
 pub async fn user(
     State(state): State<AppState>,
-    Chosen(variant): Chosen<DbVariant>,
+    Chosen { variant, .. }: Chosen<DbVariant>,
     Path((_variant, id)): Path<(String, String)>,
 ) -> Result<Json<WorkReport>, AppError> {
     let id = super::users::parse_id(&id)?;
@@ -104,13 +106,13 @@ pub async fn user(
         (status = 200, description = "The database waited", body = WorkReport),
         BadMs,
         UnknownVariant,
-        StallingVariantOff,
-        DatabaseUnreachable,
+        StallDemosOff,
+        DatabaseUnreachableOrDemosBusy,
     )
 )]
 pub async fn sleep(
     State(state): State<AppState>,
-    Chosen(variant): Chosen<DbVariant>,
+    Chosen { variant, .. }: Chosen<DbVariant>,
     WaitMs(ms): WaitMs,
 ) -> Result<Json<WorkReport>, AppError> {
     let report = variant.report(json!({ "ms": ms }));

@@ -5,6 +5,7 @@
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 
+use super::admission::{self, StallDemoSlot};
 use super::params::QueryParams;
 use super::report::{PendingReport, WorkReport};
 use crate::error::AppError;
@@ -28,9 +29,15 @@ pub trait LessonVariant: std::str::FromStr<Err = AppError> + Copy + Send + 'stat
 }
 
 /// The route's `{variant}` segment as the lesson's variant; an unknown one is a 404 listing
-/// the valid ones, a stalling one a 403 when the service refuses them
-/// (`--no-stalling-variants`).
-pub struct Chosen<V>(pub V);
+/// the valid ones. A stalling one is a 403 when the service refuses them (`--no-stall-demos`)
+/// and otherwise takes one of its lesson's slots (`--stall-demo-cap`, a 503 when all are
+/// taken), held until the handler finishes: bind the extractor whole (`chosen: Chosen<V>`)
+/// or with `Chosen { variant, .. }` in the handler's arguments, never drop it early.
+pub struct Chosen<V> {
+    pub variant: V,
+    /// `Some` for a stalling variant.
+    pub slot: Option<StallDemoSlot>,
+}
 
 impl<V: LessonVariant> FromRequestParts<AppState> for Chosen<V> {
     type Rejection = AppError;
@@ -44,12 +51,23 @@ impl<V: LessonVariant> FromRequestParts<AppState> for Chosen<V> {
             .find_map(|(name, value)| (name == "variant").then_some(value))
             .ok_or_else(|| AppError::Internal("this route has no `{variant}` segment".into()))?;
         let variant: V = given.parse()?;
-        if variant.stalls() && state.limits.no_stalling_variants {
-            return Err(AppError::StallingVariantOff {
+        if !variant.stalls() {
+            return Ok(Chosen {
+                variant,
+                slot: None,
+            });
+        }
+        if state.limits.no_stall_demos {
+            admission::count_stall_demos_off();
+            return Err(AppError::StallDemosOff {
                 path: parts.uri.path().chars().take(200).collect(),
             });
         }
-        Ok(Chosen(variant))
+        let slot = state.admission.stall_demo_slot(V::LESSON)?;
+        Ok(Chosen {
+            variant,
+            slot: Some(slot),
+        })
     }
 }
 

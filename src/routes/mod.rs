@@ -1,5 +1,6 @@
 //! The HTTP surface: one module per lesson, plus health and docs.
 
+pub mod admission;
 pub mod cpu;
 pub mod db;
 pub mod health;
@@ -88,19 +89,20 @@ pub fn route_variants() -> RouteVariants {
         })
 }
 
-/// All routes, with `state` applied, each handler behind the telemetry route layer.
+/// All routes, with `state` applied, each handler behind admission control and the
+/// telemetry route layer.
 pub fn router(state: AppState) -> Router {
-    let observed = Observed::new(&state.telemetry);
+    let observed = Observed::new(&state);
     let router = Router::new()
         .route("/healthz", observed.get(health::healthz))
         .route("/readyz", observed.get(health::readyz))
         .route("/hello", observed.get(health::hello))
         .route("/metrics", observed.get(metrics::metrics))
-        .route(SLEEP_ROUTE, observed.get(sleep::handler))
-        .route(CPU_ROUTE, observed.get(cpu::handler))
-        .route(UPSTREAM_ROUTE, observed.get(upstream::handler))
-        .route(DB_USER_ROUTE, observed.get(db::user))
-        .route(DB_SLEEP_ROUTE, observed.get(db::sleep))
+        .route(SLEEP_ROUTE, observed.lesson(sleep::handler))
+        .route(CPU_ROUTE, observed.lesson(cpu::handler))
+        .route(UPSTREAM_ROUTE, observed.lesson(upstream::handler))
+        .route(DB_USER_ROUTE, observed.lesson(db::user))
+        .route(DB_SLEEP_ROUTE, observed.lesson(db::sleep))
         .merge(users::router(&observed))
         .merge(observed.router(
             SwaggerUi::new("/docs").url("/openapi.json", openapi::document(&state.limits)),
@@ -110,32 +112,71 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// How every handler goes into the router: wrapped in the telemetry route layer, or as it is
-/// with `--no-instrumentation` (the bare router of the overhead benchmark).
+/// The paths the front door answers on its own thread when a connection starts with them
+/// (see [`crate::server`]): probes and scrapes must answer while the demos hold every worker.
+/// The same routes on the service router answer them on connections it already has.
+pub fn is_probe_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// The probe routes as the front door serves them: without the route layer or admission
+/// control (they are not lessons, and a saturated service must still answer them).
+pub fn probes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", axum::routing::get(health::healthz))
+        .route("/readyz", axum::routing::get(health::readyz))
+        .route("/metrics", axum::routing::get(metrics::metrics))
+}
+
+/// How every handler goes into the router: behind admission control
+/// ([`admission::Admission::layer`]), then wrapped in the telemetry route layer (so refusals
+/// are counted and traced like any answer), or without it under `--no-instrumentation` (the
+/// bare router of the overhead benchmark).
 ///
-/// The layer wraps each *handler* (`Handler::layer`), not the router: `Router::layer` boxes
+/// The layers wrap each *handler* (`Handler::layer`), not the router: `Router::layer` boxes
 /// every route a second time, a sixth of the instrumentation's cost (docs/benchmarks.md).
 #[derive(Clone)]
-pub struct Observed(Option<route_layer::ObserveLayer>);
+pub struct Observed {
+    telemetry: Option<route_layer::ObserveLayer>,
+    admit: admission::AdmitLayer,
+    timed: admission::TimedAdmitLayer,
+}
 
 impl Observed {
-    pub fn new(telemetry: &Arc<Telemetry>) -> Self {
-        Self(
-            telemetry
+    pub fn new(state: &AppState) -> Self {
+        let telemetry: &Arc<Telemetry> = &state.telemetry;
+        Self {
+            telemetry: telemetry
                 .enabled()
                 .then(|| route_layer::ObserveLayer::new(Arc::clone(telemetry))),
-        )
+            admit: state.admission.layer(),
+            timed: state.admission.timed_layer(),
+        }
     }
 
-    /// `handler` for the requests `filter` lets through.
+    /// `handler` for the requests `filter` lets through, with `--request-timeout-ms`.
     pub fn on<H, T>(&self, filter: MethodFilter, handler: H) -> MethodRouter<AppState>
     where
         H: Handler<T, AppState>,
         T: 'static,
     {
-        match &self.0 {
-            Some(layer) => axum::routing::on(filter, handler.layer(layer.clone())),
-            None => axum::routing::on(filter, handler),
+        let admitted = handler.layer(self.timed.clone());
+        match &self.telemetry {
+            Some(layer) => axum::routing::on(filter, admitted.layer(layer.clone())),
+            None => axum::routing::on(filter, admitted),
+        }
+    }
+
+    /// A lesson's `GET` handler: no request timeout (lessons wait on purpose, within their
+    /// own bounds).
+    pub fn lesson<H: Handler<T, AppState>, T: 'static>(
+        &self,
+        handler: H,
+    ) -> MethodRouter<AppState> {
+        let admitted = handler.layer(self.admit.clone());
+        match &self.telemetry {
+            Some(layer) => axum::routing::get(admitted.layer(layer.clone())),
+            None => axum::routing::get(admitted),
         }
     }
 
@@ -161,8 +202,8 @@ impl Observed {
     /// A router made elsewhere (the API docs), observed as a whole: its handlers are not ours
     /// to wrap, and it is not on any hot path.
     pub fn router(&self, router: impl Into<Router<AppState>>) -> Router<AppState> {
-        let router = router.into();
-        match &self.0 {
+        let router = router.into().layer(self.timed.clone());
+        match &self.telemetry {
             Some(layer) => router.layer(layer.clone()),
             None => router,
         }
@@ -182,7 +223,9 @@ impl Observed {
         M: Handler<MT, AppState>,
         MT: 'static,
     {
-        match &self.0 {
+        let not_found = not_found.layer(self.admit.clone());
+        let method_not_allowed = method_not_allowed.layer(self.admit.clone());
+        match &self.telemetry {
             Some(layer) => router
                 .fallback(not_found.layer(layer.clone()))
                 .method_not_allowed_fallback(method_not_allowed.layer(layer.clone())),

@@ -19,7 +19,9 @@ problems! {
     /// A lesson's `{variant}` that the lesson does not have.
     UnknownVariant = 404, "Unknown variant: the problem lists the valid ones";
     /// A stalling variant on a service that refuses them.
-    StallingVariantOff = 403, "A stalling variant, and this service runs with --no-stalling-variants";
+    StallDemosOff = 403, "A stalling variant, and this service runs with --no-stall-demos";
+    /// A stalling variant while its lesson's slots are all taken.
+    StallDemosBusy = 503, "The lesson's stalling variants are at their cap (--stall-demo-cap): retry after `Retry-After`";
     /// `?ms=` missing its range.
     BadMs = 400, "Bad `ms`: not a whole number, or out of range";
     /// `?iterations=` missing its range.
@@ -34,4 +36,6 @@ problems! {
     NotJson = 415, "Not application/json";
     /// The database did not answer in time.
     DatabaseUnreachable = 503, "Database unreachable";
+    /// A database lesson's 503s: the database, or the stalling variants' cap.
+    DatabaseUnreachableOrDemosBusy = 503, "Database unreachable, or the lesson's stalling variants are at their cap (--stall-demo-cap): retry after `Retry-After`";
 }

@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::lesson_request::{Chosen, LessonVariant, WaitMs};
-use super::problems::{BadMs, StallingVariantOff, UnknownVariant};
+use super::problems::{BadMs, StallDemosBusy, StallDemosOff, UnknownVariant};
 use super::report::{WorkDone, WorkReport};
 use super::variant::lesson_variants;
 use crate::blocking::run_blocking;
@@ -48,10 +48,10 @@ lesson_variants! {
         ("variant" = inline(SleepVariant), Path, description = "How to wait: `blocking` is the stalling one"),
         ("ms" = Option<u64>, Query, description = "How long to sleep, in milliseconds (0 to `--max-sleep-ms`; default one second)"),
     ),
-    responses((status = 200, description = "Slept", body = WorkReport), BadMs, UnknownVariant, StallingVariantOff)
+    responses((status = 200, description = "Slept", body = WorkReport), BadMs, UnknownVariant, StallDemosOff, StallDemosBusy)
 )]
 pub async fn handler(
-    Chosen(variant): Chosen<SleepVariant>,
+    Chosen { variant, .. }: Chosen<SleepVariant>,
     WaitMs(ms): WaitMs,
 ) -> Result<Json<WorkReport>, AppError> {
     let report = variant.report(json!({ "ms": ms }));

@@ -9,7 +9,7 @@ use axum::extract::State;
 use serde_json::json;
 
 use super::lesson_request::{Chosen, LessonVariant, WaitMs};
-use super::problems::{BadMs, StallingVariantOff, UnknownVariant};
+use super::problems::{BadMs, StallDemosBusy, StallDemosOff, UnknownVariant};
 use super::report::{WorkDone, WorkReport};
 use super::variant::lesson_variants;
 use crate::blocking::run_blocking;
@@ -48,14 +48,15 @@ lesson_variants! {
         (status = 200, description = "The upstream answered", body = WorkReport),
         BadMs,
         UnknownVariant,
-        StallingVariantOff,
+        StallDemosOff,
+        StallDemosBusy,
         (status = 502, description = "The upstream failed", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 504, description = "The upstream timed out", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn handler(
     State(state): State<AppState>,
-    Chosen(variant): Chosen<UpstreamVariant>,
+    Chosen { variant, .. }: Chosen<UpstreamVariant>,
     WaitMs(ms): WaitMs,
 ) -> Result<Json<WorkReport>, AppError> {
     let report = variant.report(json!({ "ms": ms }));

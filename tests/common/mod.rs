@@ -115,11 +115,26 @@ impl ServiceProcess {
 
     /// [`ServiceProcess::start`] with extra environment variables.
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_under(&[], args, env).await
+    }
+
+    /// [`ServiceProcess::start_with_env`] run by `wrapper` (a command and its arguments that
+    /// ends by running the rest of its command line, such as `prlimit --nofile=1024 --`).
+    pub async fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         use tokio::io::AsyncBufReadExt;
         let bind = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
         let workdir = tempfile::tempdir().expect("temp dir");
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stallscope"))
+        let binary = env!("CARGO_BIN_EXE_stallscope");
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = tokio::process::Command::new(program);
+                command.args(wrapper_args).arg(binary);
+                command
+            }
+            None => tokio::process::Command::new(binary),
+        };
+        let mut child = command
             .arg("serve")
             .current_dir(workdir.path())
             .env_remove("DATABASE_URL")

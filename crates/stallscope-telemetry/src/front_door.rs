@@ -12,23 +12,39 @@
 //! ([`HandedConnections`], an [`axum::serve::Listener`]) otherwise. A connection is placed
 //! once, by its first request, so front responses say `Connection: close`: a browser then
 //! never sends a service request down a front connection (which would run a handler on the
-//! front thread). A connection that sends nothing for [`PEEK_FOR`] goes to the service, which
-//! applies its own timeouts.
+//! front thread).
+//!
+//! The door also keeps connections bounded: at most [`DoorRules::max_connections`] open at
+//! once (more are closed as they arrive, so the process never runs out of file descriptors
+//! for the ones it has), and a connection whose first request line has not arrived within
+//! [`DoorRules::header_read_timeout`] is closed; after that, hyper's own header-read timeout
+//! ([`crate::serve`]) covers the rest of each request's head and idle kept-alive connections.
+//!
+//! The door can also count requests the service could not count itself ([`Gate`]): a request
+//! that will stall a worker waits, unread, for a free worker, so a cap counted in the handler
+//! never sees the queue behind it. At the door, a connection whose first request is such a
+//! request takes one of its kind's slots for as long as it stays open ([`DoorStream`]), or is
+//! answered by the gate's `refused` router on the front thread.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// How long a new connection may take to send its request line before it is handed to the
-/// service undecided.
-pub const PEEK_FOR: Duration = Duration::from_secs(10);
+use super::metric_names::{
+    CONNECTION_CAP, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, CONNECTIONS_TIMED_OUT,
+};
+
 /// How much of the request line is peeked at: method, path, the start of the version.
 const PEEK_BYTES: usize = 512;
 
@@ -40,6 +56,115 @@ enum Placement {
     /// The request line has not all arrived yet.
     Undecided,
 }
+
+/// What the door serves itself, and how it keeps connections bounded.
+pub struct DoorRules {
+    /// Serves the connections whose first request path `is_front` accepts, on the door's thread.
+    pub front: Router,
+    pub is_front: fn(&str) -> bool,
+    /// Requests counted at the door, if any.
+    pub gate: Option<Gate>,
+    /// Connections open at once, all kinds; more are closed as they arrive.
+    pub max_connections: usize,
+    /// How long a request's head (request line and headers) may take to arrive, and how long
+    /// a kept-alive connection may stay idle.
+    pub header_read_timeout: Duration,
+}
+
+/// Leaves room below the open-file limit for everything else the process opens (database
+/// connections, log files, the blocking pool's work) when sizing the connection cap.
+pub const RESERVED_FILES: u64 = 128;
+
+/// A connection cap that keeps the process below its open-file limit: the soft limit less
+/// [`RESERVED_FILES`] (at least 16).
+pub fn connections_within_file_limit() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft.saturating_sub(RESERVED_FILES).max(16)).unwrap_or(usize::MAX)
+}
+
+/// Requests counted at the door: `classify` names the slots a connection's first request
+/// path takes (an index into `slots`), if any. A connection that finds them all taken is
+/// served by `refused` on the front thread (which should answer 503 with `Retry-After`).
+pub struct Gate {
+    pub classify: fn(&str) -> Option<usize>,
+    pub slots: Vec<Arc<Semaphore>>,
+    pub refused: Router,
+}
+
+/// A connection handed to a server, holding its place under the connection cap and the gate
+/// slot its first request took (if any) until it closes. Reads and writes go straight to the
+/// socket.
+pub struct DoorStream {
+    stream: TcpStream,
+    _held: Held,
+}
+
+/// What a connection holds at the door while it is open.
+struct Held {
+    _connection: OpenConnection,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// One place under the connection cap, counted in `stallscope_connections_open`.
+struct OpenConnection(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl OpenConnection {
+    fn take(places: &Arc<Semaphore>) -> Option<Self> {
+        let place = Arc::clone(places).try_acquire_owned().ok()?;
+        metrics::gauge!(CONNECTIONS_OPEN).increment(1.0);
+        Some(Self(place))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
+impl AsyncRead for DoorStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for DoorStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// A placed connection on its way to a server: the std socket (registered with the runtime
+/// that serves it), its peer, and what it holds at the door.
+type Handed = (std::net::TcpStream, SocketAddr, Held);
 
 /// The front thread; dropping it waits for it to finish (after `shutdown` is cancelled).
 pub struct FrontDoor {
@@ -61,19 +186,21 @@ impl FrontDoor {
 /// `.tap_io(|_| ())` to keep `ConnectInfo<SocketAddr>`, which axum provides for tapped
 /// listeners), and, inside the front thread, the front's own.
 pub struct HandedConnections {
-    handed: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
+    handed: mpsc::Receiver<Handed>,
     local_addr: SocketAddr,
 }
 
-/// Accepts on `listener` from a new thread called `name`; requests whose path `is_front`
-/// accepts (on a connection's first request) are served by `front` there, all others go to
-/// the returned [`HandedConnections`]. Both stop when `shutdown` is cancelled: the front
-/// thread stops accepting and drains its own connections (`front` must end long-lived
-/// responses on `shutdown` too).
+/// Accepts on `listener` from a new thread called `name`; requests whose path `rules.is_front`
+/// accepts (on a connection's first request) are served by `rules.front` there, all others go
+/// to the returned [`HandedConnections`] (serve them with [`crate::serve::serve`]), after
+/// taking their slot at the gate if it has one for them. Both stop when `shutdown` is
+/// cancelled: the front thread stops accepting and drains its own connections (`front` must
+/// end long-lived responses on `shutdown` too).
 ///
 /// ```no_run
-/// use axum::{Router, routing::get, serve::ListenerExt};
-/// use stallscope_telemetry::{Settings, Telemetry, front_door, live};
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use stallscope_telemetry::{Settings, Telemetry, front_door, live, serve};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// let telemetry = Telemetry::new(Settings::default());
@@ -81,23 +208,26 @@ pub struct HandedConnections {
 /// // The live feed on the front door's runtime: it keeps streaming while the app stalls.
 /// let front = live::router(telemetry.clone(), shutdown.clone());
 /// let listener = std::net::TcpListener::bind("127.0.0.1:3000")?;
-/// let (connections, _door) = front_door::open(
-///     "front-door", listener, front, |path| path.starts_with("/live/"), shutdown.clone(),
-/// )?;
+/// let rules = front_door::DoorRules {
+///     front,
+///     is_front: |path| path.starts_with("/live/"),
+///     gate: None,
+///     max_connections: front_door::connections_within_file_limit(),
+///     header_read_timeout: Duration::from_secs(10),
+/// };
+/// let (connections, _door) = front_door::open("front-door", listener, rules, shutdown.clone())?;
 /// let app = Router::new().route("/slow", get(|| async { std::thread::sleep(std::time::Duration::from_secs(1)) }));
 /// tokio::runtime::Runtime::new()?.block_on(async {
 ///     telemetry.start()?;
-///     axum::serve(connections.tap_io(|_: &mut tokio::net::TcpStream| {}), app)
-///         .with_graceful_shutdown(shutdown.cancelled_owned())
-///         .await
+///     serve::serve(connections, app, Duration::from_secs(10), shutdown).await;
+///     Ok::<(), std::io::Error>(())
 /// })?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn open(
     name: &str,
     listener: std::net::TcpListener,
-    front: Router,
-    is_front: fn(&str) -> bool,
+    rules: DoorRules,
     shutdown: CancellationToken,
 ) -> io::Result<(HandedConnections, FrontDoor)> {
     listener.set_nonblocking(true)?;
@@ -113,7 +243,9 @@ pub fn open(
         .spawn(move || {
             runtime.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => accept_loop(listener, front, is_front, to_service, stop).await,
+                    Ok(listener) => {
+                        accept_loop(listener, rules, to_service, stop).await;
+                    }
                     Err(err) => tracing::error!(%err, "the front door could not listen"),
                 }
             });
@@ -130,27 +262,49 @@ pub fn open(
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    front: Router,
-    is_front: fn(&str) -> bool,
-    to_service: mpsc::Sender<(std::net::TcpStream, SocketAddr)>,
+    rules: DoorRules,
+    to_service: mpsc::Sender<Handed>,
     shutdown: CancellationToken,
 ) {
-    let (to_front, front_handed) = mpsc::channel(64);
+    let DoorRules {
+        front,
+        is_front,
+        gate,
+        max_connections,
+        header_read_timeout,
+    } = rules;
     let local_addr = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let front = front.layer(axum::middleware::map_response(close_after));
-    let front_server = tokio::spawn(
-        axum::serve(
-            HandedConnections {
-                handed: front_handed,
-                local_addr,
-            },
-            front,
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future(),
-    );
+    // The front's own servers: the page's routes, and the gate's refusals.
+    let serve_here = |router: Router| {
+        let (to, handed) = mpsc::channel::<Handed>(64);
+        let router = router.layer(axum::middleware::map_response(close_after));
+        let server = tokio::spawn(crate::serve::serve(
+            HandedConnections { handed, local_addr },
+            router,
+            header_read_timeout,
+            shutdown.clone(),
+        ));
+        (to, server)
+    };
+    let (to_front, front_server) = serve_here(front);
+    let (gate, refused) = match gate {
+        Some(Gate {
+            classify,
+            slots,
+            refused,
+        }) => {
+            let (to_refused, refused_server) = serve_here(refused);
+            (
+                Some((classify, Arc::new(slots), to_refused)),
+                Some(refused_server),
+            )
+        }
+        None => (None, None),
+    };
+    metrics::gauge!(CONNECTION_CAP).set(max_connections as f64);
+    let places = Arc::new(Semaphore::new(max_connections));
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -165,46 +319,100 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(connection) = OpenConnection::take(&places) else {
+            // Closed at once: a client at the cap learns it now, not after a timeout.
+            metrics::counter!(CONNECTIONS_REFUSED).increment(1);
+            drop(stream);
+            continue;
+        };
         let (to_front, to_service) = (to_front.clone(), to_service.clone());
+        let gate = gate.clone();
         tokio::spawn(async move {
-            let placement = place(&stream, is_front).await;
+            let (placement, path) = place(&stream, is_front, header_read_timeout).await;
+            if placement == Placement::Undecided {
+                // No request line within the header-read timeout: a slow or silent client.
+                metrics::counter!(CONNECTIONS_TIMED_OUT).increment(1);
+                return;
+            }
             let Ok(stream) = stream.into_std() else {
                 return;
             };
+            let held = |slot| Held {
+                _connection: connection,
+                _slot: slot,
+            };
             // A closed channel means the server is stopping: the connection just closes.
             let _ = match placement {
-                Placement::Front => to_front.send((stream, peer)).await,
-                Placement::Service | Placement::Undecided => to_service.send((stream, peer)).await,
+                Placement::Front => to_front.send((stream, peer, held(None))).await,
+                _ => {
+                    let wanted = gate.as_ref().and_then(|(classify, slots, _)| {
+                        Some((classify(path.as_deref()?)?, slots))
+                    });
+                    match wanted {
+                        None => to_service.send((stream, peer, held(None))).await,
+                        Some((index, slots)) => match slots
+                            .get(index)
+                            .map(|slots| Arc::clone(slots).try_acquire_owned())
+                        {
+                            Some(Ok(slot)) => {
+                                to_service.send((stream, peer, held(Some(slot)))).await
+                            }
+                            _ => match gate {
+                                Some((_, _, to_refused)) => {
+                                    to_refused.send((stream, peer, held(None))).await
+                                }
+                                None => Ok(()),
+                            },
+                        },
+                    }
+                }
             };
         });
     }
     drop(listener);
     let _ = front_server.await;
+    if let Some(refused) = refused {
+        let _ = refused.await;
+    }
 }
 
-/// Peeks at `stream` until its first request line says where it belongs, or [`PEEK_FOR`]
-/// passes.
-async fn place(stream: &TcpStream, is_front: fn(&str) -> bool) -> Placement {
+/// Peeks at `stream` until its first request line says where it belongs, or `within` passes
+/// ([`Placement::Undecided`]); with the path when the line was read.
+async fn place(
+    stream: &TcpStream,
+    is_front: fn(&str) -> bool,
+    within: Duration,
+) -> (Placement, Option<String>) {
     let mut head = [0u8; PEEK_BYTES];
-    let give_up = tokio::time::Instant::now() + PEEK_FOR;
+    let give_up = tokio::time::Instant::now() + within;
     loop {
         let peeked = match tokio::time::timeout_at(give_up, stream.peek(&mut head)).await {
             Ok(Ok(n)) if n > 0 => n,
-            _ => return Placement::Undecided,
+            _ => return (Placement::Undecided, None),
         };
+        let path = request_path(&head[..peeked]);
         match placement(&head[..peeked], is_front) {
             Placement::Undecided if peeked < PEEK_BYTES => {
                 // Part of a request line: peeking again would return at once with the same
                 // bytes, so give the rest a moment to arrive.
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 if tokio::time::Instant::now() >= give_up {
-                    return Placement::Undecided;
+                    return (Placement::Undecided, None);
                 }
             }
-            Placement::Undecided => return Placement::Service,
-            decided => return decided,
+            Placement::Undecided => return (Placement::Service, None),
+            decided => return (decided, path.map(str::to_owned)),
         }
     }
+}
+
+/// The path of a complete `METHOD SP target SP` request line, without its query.
+fn request_path(head: &[u8]) -> Option<&str> {
+    let method_end = head.iter().position(|&b| b == b' ')?;
+    let target = &head[method_end + 1..];
+    let target_end = target.iter().position(|&b| b == b' ' || b == b'\r')?;
+    let target = std::str::from_utf8(&target[..target_end]).ok()?;
+    target.split('?').next()
 }
 
 /// `METHOD SP target SP …`: the target's path decides.
@@ -217,13 +425,12 @@ fn placement(head: &[u8], is_front: fn(&str) -> bool) -> Placement {
         };
     };
     let target = &head[method_end + 1..];
-    let Some(target_end) = target.iter().position(|&b| b == b' ' || b == b'\r') else {
+    if !target.iter().any(|&b| b == b' ' || b == b'\r') {
         return Placement::Undecided;
-    };
-    let Ok(target) = std::str::from_utf8(&target[..target_end]) else {
+    }
+    let Some(path) = request_path(head) else {
         return Placement::Service;
     };
-    let path = target.split('?').next().unwrap_or(target);
     if is_front(path) {
         Placement::Front
     } else {
@@ -240,19 +447,27 @@ async fn close_after(mut response: Response) -> Response {
 }
 
 impl axum::serve::Listener for HandedConnections {
-    type Io = TcpStream;
+    type Io = DoorStream;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+    async fn accept(&mut self) -> (DoorStream, SocketAddr) {
         loop {
-            let Some((stream, peer)) = self.handed.recv().await else {
+            let Some((stream, peer, held)) = self.handed.recv().await else {
                 // The front door stopped: no more connections, ever. `axum::serve` stops
                 // on its own shutdown signal, never on its listener.
                 return std::future::pending().await;
             };
             // Registered with the runtime this runs on: the service's, or the front's.
             match TcpStream::from_std(stream) {
-                Ok(stream) => return (stream, peer),
+                Ok(stream) => {
+                    return (
+                        DoorStream {
+                            stream,
+                            _held: held,
+                        },
+                        peer,
+                    );
+                }
                 Err(err) => tracing::warn!(%err, "a handed-over connection was lost"),
             }
         }

@@ -47,6 +47,7 @@ pub mod otlp;
 pub mod poll_stats;
 pub mod request_context;
 pub mod route_layer;
+pub mod serve;
 mod settings;
 pub mod shards;
 pub mod span_ids;

@@ -20,6 +20,11 @@ pub const BLOCKING_IN_FLIGHT: &str = "stallscope_blocking_in_flight";
 pub const OTEL_SPANS_EXPORTED: &str = "stallscope_otel_spans_exported_total";
 pub const OTEL_SPANS_DROPPED: &str = "stallscope_otel_spans_dropped_total";
 
+pub const CONNECTIONS_OPEN: &str = "stallscope_connections_open";
+pub const CONNECTION_CAP: &str = "stallscope_connection_cap";
+pub const CONNECTIONS_REFUSED: &str = "stallscope_connections_refused_total";
+pub const CONNECTIONS_TIMED_OUT: &str = "stallscope_connections_timed_out_total";
+
 /// Buckets for request-scale durations (1 ms … 30 s).
 pub const REQUEST_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 7.5,
@@ -83,5 +88,21 @@ pub(crate) fn describe() {
     describe_gauge!(
         BLOCKING_IN_FLIGHT,
         "Blocking-pool jobs submitted and not finished (queued or running), by call site."
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Client connections open on the service's port (placed by the front door, or being placed)."
+    );
+    describe_gauge!(
+        CONNECTION_CAP,
+        "Client connections the front door keeps open at once; more are closed as they arrive."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed as they arrived because the connection cap was reached."
+    );
+    describe_counter!(
+        CONNECTIONS_TIMED_OUT,
+        "Connections closed because a request's head (request line and headers) took longer than the header-read timeout to arrive, or a kept-alive connection stayed idle that long."
     );
 }
