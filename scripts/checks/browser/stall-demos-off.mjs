@@ -35,6 +35,7 @@ try {
   await page.waitForSelector('.lesson[data-lesson="sleep"] .variant[data-variant="blocking"] .error', { timeout: 30000 });
   const error = await page.textContent('.lesson[data-lesson="sleep"] .variant[data-variant="blocking"] .error');
   if (!error.includes("403")) failures.push(`the blocking variant's result does not show its 403: ${error}`);
+  await page.locator('.lesson[data-lesson="sleep"] .variant[data-variant="blocking"]').scrollIntoViewIfNeeded();
   await page.screenshot({ path: `${shots}/stall-demos-off.png`, fullPage: false });
   if (consoleErrors.length) failures.push(`console errors: ${consoleErrors.join(" | ")}`);
   if (outside.length) failures.push(`requests outside loopback: ${outside.join(", ")}`);
