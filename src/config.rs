@@ -88,6 +88,17 @@ pub struct LimitArgs {
     #[arg(long, env = "STALLSCOPE_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,
+
+    /// `POST /login` attempts per username per minute (ten seconds' worth at once, at least
+    /// three); more get a 429 with `Retry-After`.
+    #[arg(long, env = "STALLSCOPE_LOGIN_LIMIT_PER_USERNAME", default_value_t = crate::db::login_limits::PER_USERNAME_PER_MINUTE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_limit_per_username: u32,
+
+    /// `POST /login` attempts per client address per minute, the same way.
+    #[arg(long, env = "STALLSCOPE_LOGIN_LIMIT_PER_CLIENT", default_value_t = crate::db::login_limits::PER_CLIENT_PER_MINUTE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_limit_per_client: u32,
 }
 
 /// `--max-sleep-ms`'s default.
@@ -112,6 +123,8 @@ impl Default for LimitArgs {
             stall_demo_cap: DEFAULT_STALL_DEMO_CAP,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            login_limit_per_username: crate::db::login_limits::PER_USERNAME_PER_MINUTE,
+            login_limit_per_client: crate::db::login_limits::PER_CLIENT_PER_MINUTE,
         }
     }
 }

@@ -57,6 +57,13 @@ pub enum AppError {
     )]
     Overloaded,
 
+    /// Too many login attempts for one username or from one address.
+    #[error("too many login attempts {what}; try again in {retry_after_secs} s")]
+    TooManyRequests {
+        what: &'static str,
+        retry_after_secs: u64,
+    },
+
     /// A route that is not a lesson took longer than `--request-timeout-ms`.
     #[error("the request took longer than --request-timeout-ms allows and was abandoned")]
     TimedOut,
@@ -169,6 +176,7 @@ impl AppError {
             AppError::Unavailable(_) | AppError::StallDemosBusy { .. } | AppError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::TimedOut => StatusCode::GATEWAY_TIMEOUT,
             AppError::Internal(_) | AppError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AppError::InvalidPathParameter { .. } | AppError::BadJson(_) => StatusCode::BAD_REQUEST,
@@ -212,6 +220,12 @@ impl IntoResponse for AppError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
+        let retry_after = match &self {
+            AppError::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(HeaderValue::from(*retry_after_secs)),
+            _ => None,
+        };
         let problem = ProblemDoc {
             kind: "about:blank",
             title: status.canonical_reason().unwrap_or("Error"),
@@ -237,7 +251,9 @@ impl IntoResponse for AppError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, seconds);
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             // A dependency down or the service draining: worth asking again, not at once.
             headers.insert(
                 header::RETRY_AFTER,

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::LimitArgs;
 use crate::db::Database;
+use crate::db::login_limits::LoginLimits;
 use crate::db::password::Passwords;
 use crate::error::AppError;
 use crate::routes::admission::Admission;
@@ -44,6 +45,8 @@ pub struct SharedState {
     pub db: Database,
     /// argon2id hashing for `/users` and `/login`, on the blocking pool.
     pub passwords: Passwords,
+    /// Login attempts per username and per client address.
+    pub login_limits: LoginLimits,
     /// The live page's settings, known once the service listens.
     pub page: PageSettings,
     /// The caps on stall demos and on requests in flight (`crate::routes::admission`).
@@ -63,6 +66,10 @@ impl AppState {
         let cpu_pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("rayon-cpu-{i}"))
             .build()?;
+        let login_limits = LoginLimits::new(
+            limits.login_limit_per_username,
+            limits.login_limit_per_client,
+        );
         Ok(Self(Arc::new(SharedState {
             admission: Admission::new(&limits),
             limits: Arc::new(limits),
@@ -72,6 +79,7 @@ impl AppState {
             telemetry,
             db,
             passwords: Passwords::new(),
+            login_limits,
             page: PageSettings::default(),
         })))
     }

@@ -3,6 +3,7 @@
 //! (diesel). [`queries`] holds every query, written once for all three backends.
 
 mod backend;
+pub mod login_limits;
 pub mod metric_names;
 pub mod models;
 pub mod password;

@@ -6,15 +6,23 @@
 //! [`run_blocking`], and a semaphore with one permit per core bounds how many run at once:
 //! 200 concurrent sign-ups then queue for a permit (an `await`, holding no thread) instead of
 //! starting 200 threads that fight over two cores and allocate 19 MiB each. The queue itself
-//! is bounded ([`QUEUED_PER_PERMIT`] per permit): past it a request is told 503 with `Retry-After` at
-//! once, so a flood of logins cannot make everyone else's wait grow without end.
+//! is bounded ([`QUEUED_PER_PERMIT`] per permit, each waiting at most [`PERMIT_WAIT`]): past
+//! it a request is told 503 with `Retry-After`, so a flood of logins cannot make everyone
+//! else's wait grow without end.
+//!
+//! Memory: argon2's 19 MiB of working blocks are allocated once per permit and reused
+//! ([`Workspaces`]). Allocating them per hash (what `Argon2::hash_password` does) left glibc
+//! with one arena per blocking thread, each keeping freed 19 MiB chunks: a login flood took
+//! RSS from 40 MB to 550–685 MB and 432 MB stayed after it (`bench/login-flood.sh` has the
+//! figures since, docs/benchmarks.md).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
-use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::Semaphore;
 
 use crate::blocking::run_blocking;
@@ -25,6 +33,8 @@ use crate::error::AppError;
 #[derive(Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    /// argon2's working memory, one per permit in use.
+    workspaces: Workspaces,
     /// Requests waiting for a permit now, and how many may.
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
@@ -34,6 +44,10 @@ pub struct Passwords {
 /// longest a request queues before it is answered. Room for the 50 concurrent sign-ups of
 /// docs/lessons.md's race on one core.
 pub const QUEUED_PER_PERMIT: usize = 64;
+
+/// The longest a request waits for a permit before it is told 503: a queue that moves slower
+/// than this is a flood, and the client is better off retrying.
+pub const PERMIT_WAIT: Duration = Duration::from_secs(2);
 
 impl Default for Passwords {
     fn default() -> Self {
@@ -59,6 +73,7 @@ impl Passwords {
     pub fn with_limits(permits: usize, max_waiting: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(permits)),
+            workspaces: Workspaces::default(),
             waiting: Arc::default(),
             max_waiting,
         }
@@ -67,32 +82,36 @@ impl Passwords {
     /// The PHC string (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`) of `password`.
     pub async fn hash(&self, password: String) -> Result<String, AppError> {
         let _permit = self.permit().await?;
-        run_blocking("users/argon2-hash", move || hash_now(&password)).await?
+        let mut memory = self.workspaces.take();
+        let (hashed, memory) = run_blocking("users/argon2-hash", move || {
+            let hashed = hash_with(&password, &mut memory);
+            (hashed, memory)
+        })
+        .await?;
+        self.workspaces.give_back(memory);
+        hashed
     }
 
     /// Whether `password` matches `stored`; with no stored hash (no such user) the same work
     /// is done against the dummy hash and the answer is always no.
     pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, AppError> {
         let _permit = self.permit().await?;
-        run_blocking("users/argon2-verify", move || {
-            let (hash, real) = match &stored {
-                Some(hash) => (hash.as_str(), true),
-                None => (
-                    DUMMY_HASH.as_deref().ok_or_else(|| {
-                        AppError::Internal("the dummy password hash could not be computed".into())
-                    })?,
-                    false,
-                ),
+        let mut memory = self.workspaces.take();
+        let (matches, memory) = run_blocking("users/argon2-verify", move || {
+            let matches = match &stored {
+                Some(hash) => verify_with(&password, hash, &mut memory),
+                None => match DUMMY_HASH.as_deref() {
+                    Some(dummy) => verify_with(&password, dummy, &mut memory).map(|_| false),
+                    None => Err(AppError::Internal(
+                        "the dummy password hash could not be computed".into(),
+                    )),
+                },
             };
-            let parsed = PasswordHash::new(hash).map_err(|err| {
-                AppError::Internal(format!("a stored password hash is malformed: {err}"))
-            })?;
-            let matches = Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok();
-            Ok(matches && real)
+            (matches, memory)
         })
-        .await?
+        .await?;
+        self.workspaces.give_back(memory);
+        matches
     }
 
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AppError> {
@@ -107,10 +126,16 @@ impl Passwords {
         }
         // Counted out when the wait ends, however it ends (a client that goes away drops it).
         let _waiting = Waiting(&self.waiting);
-        self.permits
-            .acquire()
-            .await
-            .map_err(|_| AppError::Unavailable("password hashing is shutting down".into()))
+        match tokio::time::timeout(PERMIT_WAIT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(AppError::Unavailable(
+                "password hashing is shutting down".into(),
+            )),
+            Err(_) => Err(AppError::Unavailable(format!(
+                "no password check could start within {} s; try again after Retry-After seconds",
+                PERMIT_WAIT.as_secs()
+            ))),
+        }
     }
 }
 
@@ -123,17 +148,129 @@ impl Drop for Waiting<'_> {
     }
 }
 
-fn hash_now(password: &str) -> Result<String, AppError> {
+/// argon2's working blocks, kept for reuse: at most one per permit is ever out at once.
+#[derive(Clone, Default)]
+struct Workspaces(Arc<Mutex<Vec<Vec<Block>>>>);
+
+impl Workspaces {
+    /// A workspace for the default parameters (19 MiB), reused when one is free.
+    fn take(&self) -> Vec<Block> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut free| free.pop())
+            .unwrap_or_else(|| vec![Block::default(); Params::default().block_count()])
+    }
+
+    fn give_back(&self, memory: Vec<Block>) {
+        if let Ok(mut free) = self.0.lock() {
+            free.push(memory);
+        }
+    }
+}
+
+/// The PHC string of `password` with a new salt, hashed in `memory`.
+fn hash_with(password: &str, memory: &mut Vec<Block>) -> Result<String, AppError> {
+    let failed =
+        |err: &dyn std::fmt::Display| AppError::Internal(format!("password hashing failed: {err}"));
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|err| AppError::Internal(format!("password hashing failed: {err}")))
+    let argon2 = Argon2::default();
+    let hash = output_of(
+        &argon2,
+        password,
+        salt.as_salt(),
+        Params::DEFAULT_OUTPUT_LEN,
+        memory,
+    )
+    .map_err(|err| failed(&err))?;
+    let params = ParamsString::try_from(argon2.params()).map_err(|err| failed(&err))?;
+    Ok(PasswordHash {
+        algorithm: Algorithm::default().ident(),
+        version: Some(Version::default().into()),
+        params,
+        salt: Some(salt.as_salt()),
+        hash: Some(hash),
+    }
+    .to_string())
+}
+
+/// Whether `password` hashes to `stored` (a PHC string), with its own parameters, in `memory`
+/// (grown if `stored` asks for more than the default).
+fn verify_with(password: &str, stored: &str, memory: &mut Vec<Block>) -> Result<bool, AppError> {
+    let malformed = |err: &dyn std::fmt::Display| {
+        AppError::Internal(format!("a stored password hash is malformed: {err}"))
+    };
+    let parsed = PasswordHash::new(stored).map_err(|err| malformed(&err))?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(malformed(&"it has no salt or no hash"));
+    };
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(|err| malformed(&err))?;
+    let version = parsed
+        .version
+        .map(Version::try_from)
+        .transpose()
+        .map_err(|err| malformed(&err))?
+        .unwrap_or_default();
+    let params = Params::try_from(&parsed).map_err(|err| malformed(&err))?;
+    let argon2 = Argon2::new(algorithm, version, params);
+    let actual = output_of(&argon2, password, salt, expected.len(), memory)
+        .map_err(|err| malformed(&err))?;
+    // `Output`'s equality is constant-time.
+    Ok(actual == expected)
+}
+
+/// argon2's output for `password` and `salt`, `len` bytes, computed in `memory`.
+fn output_of(
+    argon2: &Argon2<'_>,
+    password: &str,
+    salt: Salt<'_>,
+    len: usize,
+    memory: &mut Vec<Block>,
+) -> Result<Output, argon2::password_hash::Error> {
+    let needed = argon2.params().block_count();
+    if memory.len() < needed {
+        memory.resize(needed, Block::default());
+    }
+    let mut salt_bytes = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_bytes)?;
+    Output::init_with(len, |out| {
+        argon2
+            .hash_password_into_with_memory(password.as_bytes(), salt, out, &mut memory[..])
+            .map_err(argon2::password_hash::Error::from)
+    })
+}
+
+fn hash_now(password: &str) -> Result<String, AppError> {
+    hash_with(password, &mut Vec::new())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hashes made in a reused workspace are the argon2 crate's own PHC strings, both ways:
+    /// stored hashes from before keep verifying.
+    #[test]
+    fn reused_memory_hashes_as_the_argon2_crate_does() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let mut memory = Vec::new();
+        let ours = hash_with("correct horse", &mut memory).expect("hash");
+        let parsed = PasswordHash::new(&ours).expect("a PHC string");
+        assert!(
+            Argon2::default()
+                .verify_password(b"correct horse", &parsed)
+                .is_ok()
+        );
+        let theirs = Argon2::default()
+            .hash_password(b"correct horse", &SaltString::generate(&mut OsRng))
+            .expect("hash")
+            .to_string();
+        assert!(verify_with("correct horse", &theirs, &mut memory).expect("verify"));
+        assert!(!verify_with("wrong horse", &theirs, &mut memory).expect("verify"));
+        assert!(!verify_with("wrong horse", &ours, &mut memory).expect("verify"));
+        // One workspace, reused: never grown past the default parameters.
+        assert_eq!(memory.len(), Params::default().block_count());
+    }
 
     /// One permit, two may wait: the third concurrent waiter is a 503 at once; a waiter whose
     /// client goes away leaves the queue; the queue frees as the others finish.

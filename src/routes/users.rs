@@ -8,11 +8,13 @@
 //! Bodies are read as raw JSON first and then checked field by field, so one 422 lists
 //! *every* failing field (a typed `Json<T>` would stop at the first serde error).
 
+use std::net::SocketAddr;
+
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -268,10 +270,12 @@ pub async fn remove(
         (status = 200, description = "The password matches", body = LoginResult),
         (status = 401, description = "Wrong username or password", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "Missing fields", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts for this username or from this address: retry after `Retry-After` seconds", body = ProblemDoc, content_type = "application/problem+json"),
         DatabaseUnreachable,
     ))]
 pub async fn login(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<LoginResult>, AppError> {
     let mut fields = Fields::parse(body, &["username", "password"])?;
@@ -283,6 +287,9 @@ pub async fn login(
             "validation passed without all fields".into(),
         ));
     };
+    // Before any hashing: a flood is turned away for the price of a map lookup.
+    let client = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    state.login_limits.attempt(&username, client)?;
     // As in `list`: a name no one can have is looked up nowhere; the password is still
     // checked against a dummy hash, so the answer takes as long as for a real name.
     let user = if is_registrable_username(&username) {
