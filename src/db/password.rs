@@ -23,7 +23,7 @@ use std::time::Duration;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::blocking::run_blocking;
 use crate::config::available_cpus;
@@ -81,41 +81,35 @@ impl Passwords {
 
     /// The PHC string (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`) of `password`.
     pub async fn hash(&self, password: String) -> Result<String, AppError> {
-        let _permit = self.permit().await?;
-        let mut memory = self.workspaces.take();
-        let (hashed, memory) = run_blocking("users/argon2-hash", move || {
-            let hashed = hash_with(&password, &mut memory);
-            (hashed, memory)
+        let permit = self.permit().await?;
+        let workspaces = self.workspaces.clone();
+        run_blocking("users/argon2-hash", move || {
+            workspaces.with(permit, |memory| hash_with(&password, memory))
         })
-        .await?;
-        self.workspaces.give_back(memory);
-        hashed
+        .await?
     }
 
     /// Whether `password` matches `stored`; with no stored hash (no such user) the same work
     /// is done against the dummy hash and the answer is always no.
     pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, AppError> {
-        let _permit = self.permit().await?;
-        let mut memory = self.workspaces.take();
-        let (matches, memory) = run_blocking("users/argon2-verify", move || {
-            let matches = match &stored {
-                Some(hash) => verify_with(&password, hash, &mut memory),
+        let permit = self.permit().await?;
+        let workspaces = self.workspaces.clone();
+        run_blocking("users/argon2-verify", move || {
+            workspaces.with(permit, |memory| match &stored {
+                Some(hash) => verify_with(&password, hash, memory),
                 None => match DUMMY_HASH.as_deref() {
-                    Some(dummy) => verify_with(&password, dummy, &mut memory).map(|_| false),
+                    Some(dummy) => verify_with(&password, dummy, memory).map(|_| false),
                     None => Err(AppError::Internal(
                         "the dummy password hash could not be computed".into(),
                     )),
                 },
-            };
-            (matches, memory)
+            })
         })
-        .await?;
-        self.workspaces.give_back(memory);
-        matches
+        .await?
     }
 
-    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AppError> {
-        if let Ok(permit) = self.permits.try_acquire() {
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, AppError> {
+        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
             return Ok(permit);
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
@@ -126,7 +120,7 @@ impl Passwords {
         }
         // Counted out when the wait ends, however it ends (a client that goes away drops it).
         let _waiting = Waiting(&self.waiting);
-        match tokio::time::timeout(PERMIT_WAIT, self.permits.acquire()).await {
+        match tokio::time::timeout(PERMIT_WAIT, Arc::clone(&self.permits).acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) => Err(AppError::Unavailable(
                 "password hashing is shutting down".into(),
@@ -148,24 +142,39 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// argon2's working blocks, kept for reuse: at most one per permit is ever out at once.
+/// argon2's working blocks, kept for reuse: one per permit at most, because a workspace is
+/// taken and given back by the blocking job that holds the permit, which runs to its end even
+/// when the request that started it is gone.
 #[derive(Clone, Default)]
-struct Workspaces(Arc<Mutex<Vec<Vec<Block>>>>);
+struct Workspaces(Arc<WorkspacePool>);
+
+#[derive(Default)]
+struct WorkspacePool {
+    free: Mutex<Vec<Vec<Block>>>,
+    /// Workspaces ever allocated: the number of permits, at most.
+    allocated: AtomicUsize,
+}
 
 impl Workspaces {
-    /// A workspace for the default parameters (19 MiB), reused when one is free.
-    fn take(&self) -> Vec<Block> {
-        self.0
+    /// Runs `work` in a free workspace (a new one for the default parameters, 19 MiB, when
+    /// none is free), then gives it back and lets `permit` go.
+    fn with<T>(&self, permit: OwnedSemaphorePermit, work: impl FnOnce(&mut Vec<Block>) -> T) -> T {
+        let mut memory = self
+            .0
+            .free
             .lock()
             .ok()
             .and_then(|mut free| free.pop())
-            .unwrap_or_else(|| vec![Block::default(); Params::default().block_count()])
-    }
-
-    fn give_back(&self, memory: Vec<Block>) {
-        if let Ok(mut free) = self.0.lock() {
+            .unwrap_or_else(|| {
+                self.0.allocated.fetch_add(1, Ordering::Relaxed);
+                vec![Block::default(); Params::default().block_count()]
+            });
+        let done = work(&mut memory);
+        if let Ok(mut free) = self.0.free.lock() {
             free.push(memory);
         }
+        drop(permit);
+        done
     }
 }
 
@@ -311,6 +320,25 @@ mod tests {
             );
         }
         assert_eq!(passwords.waiting.load(Ordering::Acquire), 0);
+    }
+
+    /// A check whose request goes away mid-hash keeps its permit and its workspace until the
+    /// hash is done: memory stays at one workspace per permit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_check_allocates_no_second_workspace() {
+        let passwords = Passwords::with_limits(1, 4);
+        let started = {
+            let passwords = passwords.clone();
+            tokio::spawn(async move { passwords.verify("x".into(), None).await })
+        };
+        while passwords.permits.available_permits() == 1 {
+            tokio::task::yield_now().await;
+        }
+        started.abort();
+        let _ = started.await;
+        assert!(!passwords.verify("y".into(), None).await.expect("verified"));
+        let allocated = passwords.workspaces.0.allocated.load(Ordering::Relaxed);
+        assert_eq!(allocated, 1, "one permit, one workspace");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
