@@ -57,14 +57,18 @@ db__start_postgres() {
     || { cat "$DB_SERVERS_DIR/postgres-initdb.log" >&2; return 1; }
   cat >"$DB_SERVERS_DIR/pg-ctl" <<CTL
 #!/usr/bin/env bash
-# stop | start the throwaway PostgreSQL ($dir/data, port $port)
+# stop | start | freeze | thaw the throwaway PostgreSQL ($dir/data, port $port); freeze
+# SIGSTOPs the postmaster and every backend: connections stay open, nothing answers.
 set -euo pipefail
 as_pg() { if [ "\$(id -u)" = 0 ]; then runuser -u postgres -- "\$@"; else "\$@"; fi; }
+postmaster() { head -1 "$dir/data/postmaster.pid"; }
 case "\${1:-}" in
+  freeze) pm=\$(postmaster); kill -STOP "\$pm" \$(pgrep -P "\$pm") ;;
+  thaw) pm=\$(postmaster); kill -CONT \$(pgrep -P "\$pm") "\$pm" ;;
   stop) as_pg "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null ;;
   start) as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \\
            -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=300" start >/dev/null ;;
-  *) echo "usage: \$0 stop|start" >&2; exit 2 ;;
+  *) echo "usage: \$0 stop|start|freeze|thaw" >&2; exit 2 ;;
 esac
 CTL
   chmod +x "$DB_SERVERS_DIR/pg-ctl"

@@ -331,11 +331,23 @@ pub struct DatabaseArgs {
     #[arg(long, env = "STALLSCOPE_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub db_acquire_timeout_ms: u64,
+
+    /// Give up on an async query, checkout included, after this many milliseconds (plus the
+    /// wait a database lesson asks for); the request is answered 503. A frozen database then
+    /// costs requests this long, not forever. The blocking variants' sync queries cannot be
+    /// cut short: they hold their thread until the database answers (their lesson).
+    #[arg(long, env = "STALLSCOPE_DB_QUERY_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_query_timeout_ms: u64,
 }
 
 impl DatabaseArgs {
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_query_timeout_ms)
     }
 }
 

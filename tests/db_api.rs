@@ -915,7 +915,84 @@ macro_rules! on_every_backend {
     };
 }
 
+/// One account per email on every backend, compared exactly as stored (MySQL's default
+/// collation would ignore case; its binary one does not), and the 409 says which value is
+/// taken, on sign-up and on a change of email.
+async fn emails_are_unique_alike(kind: Kind, test: &str) {
+    let Some(api) = api(kind, test).await else {
+        return;
+    };
+    let first = api.create("first").await;
+    let second = api.create("second").await;
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            "/users",
+            &json!({"username": "third", "email": first["email"], "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{}: {problem}", kind.name());
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("email"), "{}: {problem}", kind.name());
+    let (status, problem) = api
+        .json(
+            Method::POST,
+            "/users",
+            &json!({"username": "first", "email": "other@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{}: {problem}", kind.name());
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("username")
+    );
+    let (status, body) = api
+        .json(
+            Method::POST,
+            "/users",
+            &json!({"username": "shouting", "email": "FIRST@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}: exact comparison: {body}",
+        kind.name()
+    );
+    let second_path = format!("/users/{}", second["id"]);
+    let (status, problem) = api
+        .json(
+            Method::PATCH,
+            &second_path,
+            &json!({"email": first["email"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{}: {problem}", kind.name());
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("email")
+    );
+    let (status, _) = api
+        .json(
+            Method::PATCH,
+            &second_path,
+            &json!({"email": second["email"]}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}: keeping one's own email",
+        kind.name()
+    );
+}
+
 on_every_backend!(
+    emails_are_unique_alike,
     crud_round_trip,
     validation_table,
     concurrent_distinct_creates,

@@ -379,3 +379,127 @@ async fn a_login_flood_from_one_address_leaves_real_logins_fast() {
         "real logins during the flood: p95 {p95:?} (all: {times:?})"
     );
 }
+
+/// Thaws the server even if the test fails half-way, so later tests find it answering.
+struct ThawOnDrop<'a>(&'a str);
+
+impl Drop for ThawOnDrop<'_> {
+    fn drop(&mut self) {
+        control(self.0, "thaw");
+    }
+}
+
+/// PostgreSQL frozen (SIGSTOP: connections stay open, nothing answers). Every request that
+/// awaits the database answers 503 within the query timeout (plus the wait it asked for) and
+/// a second: an in-flight `pg_sleep`, the async and raw lookups, the users API, a login, the
+/// spawn-blocking variant (its thread waits on) and `/readyz`. The blocking variants are the
+/// exception by design: their worker sits in the driver until the database answers. Thawed,
+/// the same process serves 200s again.
+#[tokio::test]
+async fn a_frozen_postgres_is_answered_503_within_the_query_timeout() {
+    let _serial = SERIAL.lock().await;
+    let test = "a_frozen_postgres";
+    let Some(ctl) = server_setting(Kind::Postgres.ctl_variable(), test) else {
+        return;
+    };
+    let Some(db) = TestDb::fresh(Kind::Postgres, test) else {
+        return;
+    };
+    let mut args = serve_args(2);
+    args.database.database_url = db.url.clone();
+    args.database.db_pool_size = 4;
+    args.database.db_acquire_timeout_ms = 1_000;
+    args.database.db_query_timeout_ms = 1_500;
+    let service = start(&args).await;
+    let base = service.base_url();
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{base}/users"))
+        .json(&json!({"username": "frozen", "email": "f@example.com", "password": "long enough"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.expect("JSON")["id"]
+        .as_i64()
+        .expect("id");
+    let bounded = [
+        (format!("{base}/db/async/users/{id}"), 0),
+        (format!("{base}/db/raw/users/{id}"), 0),
+        (format!("{base}/db/spawn-blocking/users/{id}"), 0),
+        (format!("{base}/users/{id}"), 0),
+        (format!("{base}/users?limit=5"), 0),
+        (format!("{base}/readyz"), 0),
+        (format!("{base}/db/async/sleep?ms=500"), 500),
+    ];
+    for (url, _) in &bounded {
+        assert_eq!(get(&client, url).await.0, 200, "{url} before the freeze");
+    }
+    let in_flight = {
+        let client = client.clone();
+        let url = format!("{base}/db/async/sleep?ms=500");
+        tokio::spawn(async move {
+            let started = Instant::now();
+            (get(&client, &url).await.0, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    control(&ctl, "freeze");
+    let thaw = ThawOnDrop(&ctl);
+    let mut checks = tokio::task::JoinSet::new();
+    for (url, ms) in bounded {
+        let client = client.clone();
+        checks.spawn(async move {
+            let started = Instant::now();
+            let (status, _) = get(&client, &url).await;
+            (url, ms, status, started.elapsed())
+        });
+    }
+    let login = {
+        let client = client.clone();
+        let url = format!("{base}/login");
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let status = client
+                .post(url)
+                .json(&json!({"username": "frozen", "password": "long enough"}))
+                .send()
+                .await
+                .expect("an answer")
+                .status()
+                .as_u16();
+            (status, started.elapsed())
+        })
+    };
+    let within = |ms: u64| Duration::from_millis(1_500 + ms + 1_000);
+    let (status, took) = in_flight.await.expect("task");
+    assert!(
+        status == 503 && took < within(500),
+        "in-flight pg_sleep: {status} after {took:?}"
+    );
+    while let Some(check) = checks.join_next().await {
+        let (url, ms, status, took) = check.expect("task");
+        assert!(
+            status == 503 && took < within(ms),
+            "{url}: {status} after {took:?}"
+        );
+    }
+    let (status, took) = login.await.expect("task");
+    assert!(
+        status == 503 && took < within(0),
+        "login: {status} after {took:?}"
+    );
+    drop(thaw);
+    let back = Instant::now();
+    while get(&client, &format!("{base}/readyz")).await.0 != 200 {
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "not ready 15 s after the thaw"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for path in [format!("/db/async/users/{id}"), format!("/users/{id}")] {
+        let (status, body) = get(&client, &format!("{base}{path}")).await;
+        assert_eq!(status, 200, "{path} after the thaw: {body}");
+    }
+}

@@ -60,6 +60,7 @@ struct Inner {
     pool: AnyPool,
     sync: AnySyncPool,
     acquire_timeout: Duration,
+    query_timeout: Duration,
 }
 
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -91,9 +92,10 @@ pub enum DbError {
     /// The database cannot be reached, or no connection came free in time: 503.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// A unique constraint rejected the write (a taken username): the handler says 409.
-    #[error("a unique constraint rejected the write")]
-    Duplicate,
+    /// A unique constraint rejected the write: the field whose value is taken (`username` or
+    /// `email`). The handler says 409.
+    #[error("the {0} is already taken")]
+    Duplicate(&'static str),
     /// Anything else: a bug or an unexpected database state, 500.
     #[error("query failed: {0}")]
     Query(String),
@@ -103,7 +105,9 @@ impl From<diesel::result::Error> for DbError {
     fn from(err: diesel::result::Error) -> Self {
         use diesel::result::{DatabaseErrorKind, Error};
         match err {
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => DbError::Duplicate,
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                DbError::Duplicate(taken_field(info.constraint_name(), info.message()))
+            }
             // The connection died under the query (the server went away mid-request).
             Error::DatabaseError(
                 DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
@@ -118,6 +122,18 @@ impl From<diesel::result::Error> for DbError {
                 }
             }
         }
+    }
+}
+
+/// Which field a unique violation is about. PostgreSQL names the constraint
+/// (`users_email_key`); MySQL and MariaDB put the key's name in the message ("Duplicate entry
+/// … for key 'users_email_key'"); SQLite names the column ("UNIQUE constraint failed:
+/// users.email"). Anything else is the username's, the table's other unique value.
+fn taken_field(constraint: Option<&str>, message: &str) -> &'static str {
+    if constraint.unwrap_or(message).contains("email") {
+        "email"
+    } else {
+        "username"
     }
 }
 
@@ -163,7 +179,9 @@ impl From<DbError> for AppError {
                 tracing::warn!(%cause, "the database is unavailable");
                 AppError::Unavailable(DB_UNAVAILABLE.into())
             }
-            DbError::Duplicate => AppError::Conflict("the value is already taken".into()),
+            DbError::Duplicate(field) => {
+                AppError::Conflict(format!("the {field} is already taken"))
+            }
             DbError::Query(detail) => AppError::Database(detail),
         }
     }
@@ -188,6 +206,7 @@ impl Database {
                         AsyncManager::<AsyncPgConnection>::new(url.clone()),
                         pool_size,
                         timeout,
+                        args.query_timeout(),
                     )?),
                     AnySyncPool::Postgres(SyncPool::new(backend, &url, size, timeout, None)),
                 )
@@ -200,6 +219,7 @@ impl Database {
                         AsyncManager::<AsyncMysqlConnection>::new(url.clone()),
                         pool_size,
                         timeout,
+                        args.query_timeout(),
                     )?),
                     AnySyncPool::Mysql(SyncPool::new(backend, &url, size, timeout, None)),
                 )
@@ -217,6 +237,7 @@ impl Database {
                         AsyncManager::new_with_config(url.clone(), sqlite_async_setup()),
                         pool_size,
                         timeout,
+                        args.query_timeout(),
                     )?),
                     AnySyncPool::Sqlite(SyncPool::new(
                         backend,
@@ -234,8 +255,14 @@ impl Database {
                 pool,
                 sync,
                 acquire_timeout: timeout,
+                query_timeout: args.query_timeout(),
             }),
         })
+    }
+
+    /// `--db-query-timeout-ms`.
+    pub fn query_timeout(&self) -> Duration {
+        self.inner.query_timeout
     }
 
     pub fn backend(&self) -> Backend {
@@ -369,7 +396,21 @@ mod tests {
                 DatabaseErrorKind::UniqueViolation,
                 Box::new("duplicate key".to_owned())
             )),
-            DbError::Duplicate
+            DbError::Duplicate("username")
         ));
+        for message in [
+            "UNIQUE constraint failed: users.email",
+            "Duplicate entry 'a@example.com' for key 'users_email_key'",
+        ] {
+            assert_eq!(taken_field(None, message), "email", "{message}");
+        }
+        assert_eq!(
+            taken_field(Some("users_email_key"), "duplicate key value"),
+            "email"
+        );
+        assert_eq!(
+            taken_field(None, "UNIQUE constraint failed: users.username"),
+            "username"
+        );
     }
 }

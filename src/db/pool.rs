@@ -142,6 +142,8 @@ impl<O> Drop for Lease<O> {
 /// The async pool of one backend.
 pub struct AsyncPool<M: Manager> {
     pub backend: Backend,
+    /// How long a query may take, checkout included (`--db-query-timeout-ms`).
+    pub query_timeout: Duration,
     inner: deadpool::managed::Pool<M>,
     publish: Publish,
 }
@@ -159,6 +161,7 @@ where
         manager: M,
         size: usize,
         acquire_timeout: Duration,
+        query_timeout: Duration,
     ) -> Result<Self, DbError> {
         // One timeout for all three phases: waiting for a free slot, connecting a new
         // connection, and pinging an idle one before handing it out (the ping is how a
@@ -185,6 +188,7 @@ where
         publish();
         Ok(Self {
             backend,
+            query_timeout,
             inner,
             publish,
         })

@@ -9,7 +9,7 @@
 //!
 //! Every query uses bound parameters: user input never becomes SQL text.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use diesel::sql_types::{BigInt, Double};
 use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
@@ -34,19 +34,36 @@ define_sql_function! {
     fn mysql_sleep(seconds: Double) -> diesel::sql_types::Integer;
 }
 
-/// Runs `$body` on a connection checked out of one backend's async pool and times it.
-/// `$body` is an expression of type `QueryResult<T>` that may use `.await` and `?`.
+/// Runs `$body` on a connection checked out of one backend's async pool and times it, all
+/// within the pool's query timeout (plus `allowing`, the wait a lesson asks the database for):
+/// past it the query is dropped and the answer is 503, so a frozen database costs a request
+/// that long, not forever. `$body` is an expression of type `QueryResult<T>` that may use
+/// `.await` and `?`.
 macro_rules! run_async {
-    ($pool:expr, $operation:literal, |$conn:ident| $body:expr) => {{
+    ($pool:expr, $operation:literal, |$conn:ident| $body:expr) => {
+        run_async!($pool, $operation, allowing Duration::ZERO, |$conn| $body)
+    };
+    ($pool:expr, $operation:literal, allowing $extra:expr, |$conn:ident| $body:expr) => {{
         let pool = $pool;
-        let mut lease = pool.acquire().await?;
-        let $conn = &mut *lease;
-        let started = Instant::now();
-        let result: QueryResult<_> = async move { $body }
-            .instrument(query_span(pool.backend, $operation))
-            .await;
-        record_query(pool.backend, $operation, started);
-        result.map_err(DbError::from)
+        let limit = pool.query_timeout + $extra;
+        let query = async {
+            let mut lease = pool.acquire().await?;
+            let $conn = &mut *lease;
+            let started = Instant::now();
+            let result: QueryResult<_> = async move { $body }
+                .instrument(query_span(pool.backend, $operation))
+                .await;
+            record_query(pool.backend, $operation, started);
+            result.map_err(DbError::from)
+        };
+        match tokio::time::timeout(limit, query).await {
+            Ok(answered) => answered,
+            Err(_) => Err(DbError::Unavailable(format!(
+                "{} gave no answer within {} ms (--db-query-timeout-ms)",
+                pool.backend.as_str(),
+                limit.as_millis()
+            ))),
+        }
     }};
 }
 
@@ -205,20 +222,21 @@ pub async fn delete_user(db: &Database, id: i64) -> Result<bool, DbError> {
 /// way; the waiting happens in the database (or, for SQLite, on the thread running the query).
 pub async fn sleep(db: &Database, ms: u64) -> Result<(), DbError> {
     use diesel_async::RunQueryDsl;
+    let wait = Duration::from_millis(ms);
     let seconds = ms as f64 / 1000.0;
     let millis = i64::try_from(ms).unwrap_or(i64::MAX);
     match db.pool() {
-        AnyPool::Postgres(pool) => run_async!(pool, "sleep", |conn| {
+        AnyPool::Postgres(pool) => run_async!(pool, "sleep", allowing wait, |conn| {
             let query = diesel::select(pg_sleep(seconds));
             record_async(conn, &query);
             query.execute(conn).await.map(drop)
         }),
-        AnyPool::Mysql(pool) => run_async!(pool, "sleep", |conn| {
+        AnyPool::Mysql(pool) => run_async!(pool, "sleep", allowing wait, |conn| {
             let query = diesel::select(mysql_sleep(seconds));
             record_async(conn, &query);
             query.execute(conn).await.map(drop)
         }),
-        AnyPool::Sqlite(pool) => run_async!(pool, "sleep", |conn| {
+        AnyPool::Sqlite(pool) => run_async!(pool, "sleep", allowing wait, |conn| {
             let query = diesel::select(stallscope_sleep(millis));
             record_async(conn, &query);
             query.execute(conn).await.map(drop)
@@ -251,6 +269,7 @@ pub async fn get_user_raw(db: &Database, id: i64) -> Result<Option<User>, DbErro
 /// The `raw` variant's database-side delay, as hand-written SQL with a bound duration.
 pub async fn sleep_raw(db: &Database, ms: u64) -> Result<(), DbError> {
     use diesel_async::RunQueryDsl;
+    let wait = Duration::from_millis(ms);
     let seconds = ms as f64 / 1000.0;
     let millis = i64::try_from(ms).unwrap_or(i64::MAX);
     let sql = match db.backend() {
@@ -259,7 +278,7 @@ pub async fn sleep_raw(db: &Database, ms: u64) -> Result<(), DbError> {
         super::Backend::Sqlite => "SELECT stallscope_sleep(?)",
     };
     match db.pool() {
-        AnyPool::Postgres(pool) => run_async!(pool, "sleep_raw", |conn| {
+        AnyPool::Postgres(pool) => run_async!(pool, "sleep_raw", allowing wait, |conn| {
             record_statement(sql);
             diesel::sql_query(sql)
                 .bind::<Double, _>(seconds)
@@ -267,7 +286,7 @@ pub async fn sleep_raw(db: &Database, ms: u64) -> Result<(), DbError> {
                 .await
                 .map(drop)
         }),
-        AnyPool::Mysql(pool) => run_async!(pool, "sleep_raw", |conn| {
+        AnyPool::Mysql(pool) => run_async!(pool, "sleep_raw", allowing wait, |conn| {
             record_statement(sql);
             diesel::sql_query(sql)
                 .bind::<Double, _>(seconds)
@@ -275,7 +294,7 @@ pub async fn sleep_raw(db: &Database, ms: u64) -> Result<(), DbError> {
                 .await
                 .map(drop)
         }),
-        AnyPool::Sqlite(pool) => run_async!(pool, "sleep_raw", |conn| {
+        AnyPool::Sqlite(pool) => run_async!(pool, "sleep_raw", allowing wait, |conn| {
             record_statement(sql);
             diesel::sql_query(sql)
                 .bind::<BigInt, _>(millis)

@@ -158,12 +158,14 @@ async fn user_blocking(db: &Database, id: i64) -> Result<(Option<User>, Thread),
 /// Correct for a sync-only driver: the sync query runs on the blocking pool; the handler
 /// awaits its result.
 async fn user_spawn_blocking(db: &Database, id: i64) -> Result<(Option<User>, Thread), AppError> {
-    let db = db.clone();
-    run_blocking("db/spawn-blocking", move || {
-        let user = queries::get_user_sync(&db, id)?;
-        Ok((user, WorkDone::here().thread))
-    })
-    .await?
+    let query = {
+        let db = db.clone();
+        run_blocking("db/spawn-blocking", move || {
+            let user = queries::get_user_sync(&db, id)?;
+            Ok((user, WorkDone::here().thread))
+        })
+    };
+    within_query_timeout(db, 0, query).await??
 }
 
 /// Correct: `pg_sleep` / `SLEEP()` awaited through diesel-async.
@@ -188,10 +190,31 @@ async fn sleep_blocking(db: &Database, ms: u64) -> Result<Thread, AppError> {
 
 /// Correct for a sync-only driver: a blocking-pool thread waits instead of the worker.
 async fn sleep_spawn_blocking(db: &Database, ms: u64) -> Result<Thread, AppError> {
-    let db = db.clone();
-    run_blocking("db/spawn-blocking", move || {
-        queries::sleep_sync(&db, ms)?;
-        Ok(WorkDone::here().thread)
+    let query = {
+        let db = db.clone();
+        run_blocking("db/spawn-blocking", move || {
+            queries::sleep_sync(&db, ms)?;
+            Ok(WorkDone::here().thread)
+        })
+    };
+    within_query_timeout(db, ms, query).await??
+}
+
+/// A sync query handed to the blocking pool, awaited within the query timeout (plus the
+/// `ms` the lesson asked the database to wait): past it the request is answered 503. The
+/// thread itself waits on, since a sync driver cannot be interrupted; the pool's size bounds
+/// how many can.
+async fn within_query_timeout<T>(
+    db: &Database,
+    ms: u64,
+    query: impl Future<Output = T>,
+) -> Result<T, AppError> {
+    let limit = db.query_timeout() + std::time::Duration::from_millis(ms);
+    tokio::time::timeout(limit, query).await.map_err(|_| {
+        AppError::Unavailable(format!(
+            "{} gave no answer within {} ms (--db-query-timeout-ms)",
+            db.backend().as_str(),
+            limit.as_millis()
+        ))
     })
-    .await?
 }

@@ -73,7 +73,7 @@ pub struct LoginResult {
     responses(
         (status = 201, description = "Created; `Location` names the new user", body = UserView),
         (status = 400, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 409, description = "Username taken", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Username or email taken (the problem says which)", body = ProblemDoc, content_type = "application/problem+json"),
         BodyTooLarge,
         NotJson,
         (status = 422, description = "Invalid fields, all listed in `invalid_fields`", body = ProblemDoc, content_type = "application/problem+json"),
@@ -111,7 +111,10 @@ pub async fn create(
     let user = queries::insert_user(&state.db, new)
         .await
         .map_err(|err| match err {
-            DbError::Duplicate => {
+            DbError::Duplicate("email") => {
+                AppError::Conflict("an account with this email already exists".into())
+            }
+            DbError::Duplicate(_) => {
                 AppError::Conflict(format!("the username `{username}` is already taken"))
             }
             other => other.into(),
@@ -203,6 +206,7 @@ pub async fn list(
         NoSuchUser,
         BodyTooLarge,
         NotJson,
+        (status = 409, description = "The email belongs to another account", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, all listed", body = ProblemDoc, content_type = "application/problem+json"),
         DatabaseUnreachable,
     ))]
