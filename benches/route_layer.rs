@@ -44,7 +44,10 @@ fn side(name: &'static str, instrumented: bool) -> anyhow::Result<Side> {
     args.runtime.workers = Some(WORKERS);
     let dir = tempfile::tempdir()?;
     args.database.database_url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let telemetry = Telemetry::new(stallscope::telemetry_settings(&args.telemetry));
+    let telemetry = Telemetry::new(stallscope::telemetry_settings(
+        &args.telemetry,
+        &args.limits,
+    ));
     let runtime = stallscope::runtime::build(&args.runtime, telemetry.watchdog())?;
     let db = Database::open(&args.database)?;
     let state = AppState::new(

@@ -51,12 +51,6 @@ pub enum AppError {
     )]
     StallDemosBusy { lesson: &'static str, cap: u32 },
 
-    /// The service already answers its most requests at once (`--max-in-flight`).
-    #[error(
-        "the service is answering as many requests as --max-in-flight allows; try again in a moment"
-    )]
-    Overloaded,
-
     /// Too many login attempts for one username or from one address.
     #[error("too many login attempts {what}; try again in {retry_after_secs} s")]
     TooManyRequests {
@@ -173,7 +167,7 @@ impl AppError {
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             AppError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            AppError::Unavailable(_) | AppError::StallDemosBusy { .. } | AppError::Overloaded => {
+            AppError::Unavailable(_) | AppError::StallDemosBusy { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -30,12 +30,17 @@ pub fn app(state: AppState) -> Router {
     routes::router(state.clone()).merge(page::routes().with_state(state))
 }
 
-/// The telemetry settings for `args`, with the lessons' variant labels and the database's
+/// The telemetry settings for `args` and the in-flight cap of `limits`, with the lessons' variant labels and the database's
 /// histogram buckets.
-pub fn telemetry_settings(args: &config::TelemetryArgs) -> telemetry::Settings {
+pub fn telemetry_settings(
+    args: &config::TelemetryArgs,
+    limits: &config::LimitArgs,
+) -> telemetry::Settings {
     telemetry::Settings {
         variants: routes::route_variants(),
         histogram_buckets: db::metric_names::HISTOGRAM_BUCKETS.to_vec(),
+        max_in_flight: limits.max_in_flight as usize,
+        overloaded_detail: "the service is answering as many requests as --max-in-flight allows; try again in a moment",
         ..args.settings()
     }
 }

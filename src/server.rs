@@ -38,7 +38,7 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
             url
         }
     };
-    let telemetry = Telemetry::new(crate::telemetry_settings(&args.telemetry));
+    let telemetry = Telemetry::new(crate::telemetry_settings(&args.telemetry, &args.limits));
     if let Some(bind) = args.telemetry.metrics_bind {
         let admin = crate::telemetry::metrics_endpoint::serve_in_background(&telemetry, bind)
             .with_context(|| format!("could not serve /metrics on {bind}"))?;

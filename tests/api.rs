@@ -58,14 +58,16 @@ fn app_with_upstream(upstream_url: &str, timeout: Duration) -> TestApp {
 
 fn app_with_limits(limits: LimitArgs, upstream_url: &str, timeout: Duration) -> TestApp {
     let (db, dir) = sqlite_database();
+    let telemetry = Telemetry::new(stallscope::telemetry_settings(
+        &ServeArgs::defaults().telemetry,
+        &limits,
+    ));
     let state = AppState::new(
         limits,
         upstream_url.to_owned(),
         timeout,
         CancellationToken::new(),
-        Telemetry::new(stallscope::telemetry_settings(
-            &ServeArgs::defaults().telemetry,
-        )),
+        telemetry,
         db,
     )
     .expect("state");
@@ -362,6 +364,7 @@ async fn readyz_fails_once_shutdown_begins() {
         shutdown.clone(),
         Telemetry::new(stallscope::telemetry_settings(
             &ServeArgs::defaults().telemetry,
+            &LimitArgs::default(),
         )),
         db,
     )

@@ -411,6 +411,15 @@ async fn validation_table(kind: Kind, test: &str) {
             &[],
         ),
         (
+            "a bad limit beside a username",
+            Method::GET,
+            "/users?username=taken&limit=-1273".into(),
+            None,
+            None,
+            400,
+            &[],
+        ),
+        (
             "duplicate username",
             Method::POST,
             "/users".into(),

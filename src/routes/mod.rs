@@ -94,15 +94,15 @@ pub fn route_variants() -> RouteVariants {
 pub fn router(state: AppState) -> Router {
     let observed = Observed::new(&state);
     let router = Router::new()
-        .route("/healthz", observed.get(health::healthz))
-        .route("/readyz", observed.get(health::readyz))
-        .route("/hello", observed.get(health::hello))
-        .route("/metrics", observed.get(metrics::metrics))
-        .route(SLEEP_ROUTE, observed.lesson(sleep::handler))
-        .route(CPU_ROUTE, observed.lesson(cpu::handler))
-        .route(UPSTREAM_ROUTE, observed.lesson(upstream::handler))
-        .route(DB_USER_ROUTE, observed.lesson(db::user))
-        .route(DB_SLEEP_ROUTE, observed.lesson(db::sleep))
+        .route("/healthz", observed.get_untimed(health::healthz))
+        .route("/readyz", observed.get_untimed(health::readyz))
+        .route("/hello", observed.get_untimed(health::hello))
+        .route("/metrics", observed.get_untimed(metrics::metrics))
+        .route(SLEEP_ROUTE, observed.get_untimed(sleep::handler))
+        .route(CPU_ROUTE, observed.get_untimed(cpu::handler))
+        .route(UPSTREAM_ROUTE, observed.get_untimed(upstream::handler))
+        .route(DB_USER_ROUTE, observed.get_untimed(db::user))
+        .route(DB_SLEEP_ROUTE, observed.get_untimed(db::sleep))
         .merge(users::router(&observed))
         .merge(observed.router(
             SwaggerUi::new("/docs").url("/openapi.json", openapi::document(&state.limits)),
@@ -128,18 +128,17 @@ pub fn probes() -> Router<AppState> {
         .route("/metrics", axum::routing::get(metrics::metrics))
 }
 
-/// How every handler goes into the router: behind admission control
-/// ([`admission::Admission::layer`]), then wrapped in the telemetry route layer (so refusals
-/// are counted and traced like any answer), or without it under `--no-instrumentation` (the
-/// bare router of the overhead benchmark).
+/// How every handler goes into the router: wrapped in the telemetry route layer (which also
+/// keeps the in-flight cap), with `--request-timeout-ms` inside it for the routes that wait on
+/// a dependency, or as it is under `--no-instrumentation` (the bare router of the overhead
+/// benchmark).
 ///
 /// The layers wrap each *handler* (`Handler::layer`), not the router: `Router::layer` boxes
 /// every route a second time, a sixth of the instrumentation's cost (docs/benchmarks.md).
 #[derive(Clone)]
 pub struct Observed {
     telemetry: Option<route_layer::ObserveLayer>,
-    admit: admission::AdmitLayer,
-    timed: admission::TimedAdmitLayer,
+    timed: admission::TimedLayer,
 }
 
 impl Observed {
@@ -149,34 +148,33 @@ impl Observed {
             telemetry: telemetry
                 .enabled()
                 .then(|| route_layer::ObserveLayer::new(Arc::clone(telemetry))),
-            admit: state.admission.layer(),
             timed: state.admission.timed_layer(),
         }
     }
 
-    /// `handler` for the requests `filter` lets through, with `--request-timeout-ms`.
+    /// `handler` for the requests `filter` lets through, within `--request-timeout-ms` (504).
     pub fn on<H, T>(&self, filter: MethodFilter, handler: H) -> MethodRouter<AppState>
     where
         H: Handler<T, AppState>,
         T: 'static,
     {
-        let admitted = handler.layer(self.timed.clone());
+        let timed = handler.layer(self.timed.clone());
         match &self.telemetry {
-            Some(layer) => axum::routing::on(filter, admitted.layer(layer.clone())),
-            None => axum::routing::on(filter, admitted),
+            Some(layer) => axum::routing::on(filter, timed.layer(layer.clone())),
+            None => axum::routing::on(filter, timed),
         }
     }
 
-    /// A lesson's `GET` handler: no request timeout (lessons wait on purpose, within their
-    /// own bounds).
-    pub fn lesson<H: Handler<T, AppState>, T: 'static>(
+    /// A `GET` handler without a request timeout: the lessons (they wait on purpose, within
+    /// their own bounds) and the routes that never wait (`/hello`, probes, `/metrics`), where
+    /// a timer per request would be the baseline's largest cost.
+    pub fn get_untimed<H: Handler<T, AppState>, T: 'static>(
         &self,
         handler: H,
     ) -> MethodRouter<AppState> {
-        let admitted = handler.layer(self.admit.clone());
         match &self.telemetry {
-            Some(layer) => axum::routing::get(admitted.layer(layer.clone())),
-            None => axum::routing::get(admitted),
+            Some(layer) => axum::routing::get(handler.layer(layer.clone())),
+            None => axum::routing::get(handler),
         }
     }
 
@@ -223,8 +221,6 @@ impl Observed {
         M: Handler<MT, AppState>,
         MT: 'static,
     {
-        let not_found = not_found.layer(self.admit.clone());
-        let method_not_allowed = method_not_allowed.layer(self.admit.clone());
         match &self.telemetry {
             Some(layer) => router
                 .fallback(not_found.layer(layer.clone()))

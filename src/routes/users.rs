@@ -164,6 +164,9 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<UserPage>, AppError> {
     let params = QueryParams::parse(query.as_deref());
+    // Validated whatever else is given: a bad `limit` beside a `username` is still a 400.
+    let limit = params.optional_u64("limit", 1, MAX_PAGE, DEFAULT_PAGE)?;
+    let cursor = params.optional_u64("cursor", 0, i64::MAX.unsigned_abs(), 0)?;
     if let Some(username) = params.text("username") {
         // A name that could never be registered matches nobody, without asking the database:
         // PostgreSQL refuses a NUL byte (a 500 otherwise), MariaDB's collation ignores
@@ -178,8 +181,6 @@ pub async fn list(
             next_cursor: None,
         }));
     }
-    let limit = params.optional_u64("limit", 1, MAX_PAGE, DEFAULT_PAGE)?;
-    let cursor = params.optional_u64("cursor", 0, i64::MAX.unsigned_abs(), 0)?;
     let (limit, cursor) = (to_i64(limit), to_i64(cursor));
     // One extra row says whether another page exists, without a COUNT.
     let mut users = queries::list_users(&state.db, cursor, limit + 1).await?;

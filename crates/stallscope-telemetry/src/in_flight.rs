@@ -2,7 +2,8 @@
 //! them any longer can say which ones it abandons (route, variant, request id, age).
 //!
 //! One short lock per request start and end: the requests in flight at once are few, and the
-//! list is read only at shutdown, so a plain map beats anything cleverer in clarity.
+//! list is read only at shutdown, so a plain map beats anything cleverer in clarity. The same
+//! lock makes the in-flight cap one comparison: no extra layer, no extra count.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,10 +13,17 @@ use std::time::Duration;
 use super::clock::Stamp;
 use super::request_context::RequestContext;
 
-#[derive(Default)]
 pub struct InFlightRequests {
     next_key: AtomicU64,
     requests: Mutex<HashMap<u64, (Arc<RequestContext>, Stamp)>>,
+    /// Requests listed at once, at most.
+    cap: usize,
+}
+
+impl Default for InFlightRequests {
+    fn default() -> Self {
+        Self::with_cap(usize::MAX)
+    }
 }
 
 /// One request still being answered, as a shutdown reports it.
@@ -29,17 +37,33 @@ pub struct PendingRequest {
 }
 
 impl InFlightRequests {
+    /// At most `cap` requests listed at once.
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            next_key: AtomicU64::new(0),
+            requests: Mutex::default(),
+            cap,
+        }
+    }
+
     /// Lists `context` until the returned ticket is dropped (the request answered, or its
-    /// future dropped because the client went away).
-    pub fn enter(self: &Arc<Self>, context: &Arc<RequestContext>, started: Stamp) -> Ticket {
+    /// future dropped because the client went away); `None` when `cap` requests are listed.
+    pub fn enter(
+        self: &Arc<Self>,
+        context: &Arc<RequestContext>,
+        started: Stamp,
+    ) -> Option<Ticket> {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut requests) = self.requests.lock() {
+            if requests.len() >= self.cap {
+                return None;
+            }
             requests.insert(key, (Arc::clone(context), started));
         }
-        Ticket {
+        Some(Ticket {
             registry: Arc::clone(self),
             key,
-        }
+        })
     }
 
     /// The requests in flight now, oldest first.

@@ -92,7 +92,9 @@ impl Telemetry {
             tasks: TaskMonitors::new(settings.slow_poll_threshold),
             http: http_metrics::HttpMetrics::default(),
             watchdog: Watchdog::new(settings.stall_threshold),
-            in_flight: Arc::default(),
+            in_flight: Arc::new(in_flight::InFlightRequests::with_cap(
+                settings.max_in_flight,
+            )),
             lag_max: Arc::default(),
             heartbeat: Arc::new(canary::Heartbeat::new(settings.canary_interval)),
             runtime: OnceLock::new(),

@@ -20,6 +20,11 @@ pub const BLOCKING_IN_FLIGHT: &str = "stallscope_blocking_in_flight";
 pub const OTEL_SPANS_EXPORTED: &str = "stallscope_otel_spans_exported_total";
 pub const OTEL_SPANS_DROPPED: &str = "stallscope_otel_spans_dropped_total";
 
+/// Requests answered without their handler, by `reason` (the app adds its own reasons).
+pub const REQUESTS_REFUSED: &str = "stallscope_requests_refused_total";
+/// The route layer's reason: past `Settings::max_in_flight`.
+pub const REFUSED_IN_FLIGHT_CAP: &str = "in_flight_cap";
+
 pub const CONNECTIONS_OPEN: &str = "stallscope_connections_open";
 pub const CONNECTION_CAP: &str = "stallscope_connection_cap";
 pub const CONNECTIONS_REFUSED: &str = "stallscope_connections_refused_total";

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use opentelemetry::KeyValue;
 use tokio_metrics::TaskMonitorCore;
 use tower::{Layer, Service};
@@ -29,7 +29,7 @@ use super::http_metrics::{RouteInstruments, RouteKey, span_name};
 use super::id_header;
 use super::in_flight::Ticket;
 use super::in_request::InRequest;
-use super::metric_names::STALL_VICTIMS;
+use super::metric_names::{REFUSED_IN_FLIGHT_CAP, REQUESTS_REFUSED, STALL_VICTIMS};
 use super::poll_stats::{Measured, PollStats};
 use super::request_context::{self, InlineText, MAX_PATH, MAX_REQUEST_ID, RequestContext};
 use super::span_ids::{self, SpanIds};
@@ -117,16 +117,26 @@ where
             span,
             request_id,
         } = begin_request(&request, &instruments.span_name, route, variant, method);
-        let in_flight = InFlight::enter(instruments, telemetry.in_flight.enter(&context, started));
-        let handler = InRequest::new(
-            self.inner.call(request),
-            Arc::clone(&context),
-            Some(&instruments.watchdog),
-        );
-        // Poll statistics go on a sampled span only: nothing else reads them.
-        let measured = Measured::new(handler, span.is_some() && context.ids.sampled);
+        let listed = telemetry.in_flight.enter(&context, started);
+        // Past the in-flight cap the handler is never called: the answer is a 503, counted
+        // and traced like any other.
+        let inner = listed.is_some().then(|| {
+            let handler = InRequest::new(
+                self.inner.call(request),
+                Arc::clone(&context),
+                Some(&instruments.watchdog),
+            );
+            // Poll statistics go on a sampled span only: nothing else reads them.
+            let measured = Measured::new(handler, span.is_some() && context.ids.sampled);
+            instruments.monitor.instrument(measured)
+        });
+        if inner.is_none() {
+            metrics::counter!(REQUESTS_REFUSED, "reason" => REFUSED_IN_FLIGHT_CAP).increment(1);
+        }
+        let in_flight = InFlight::enter(instruments, listed);
         ObservedResponse {
-            inner: instruments.monitor.instrument(measured),
+            inner,
+            overloaded_detail: telemetry.settings.overloaded_detail,
             span,
             context,
             started,
@@ -140,8 +150,10 @@ pin_project_lite::pin_project! {
     /// variant's task monitor, tagged for the watchdog, inside the server span when there
     /// is one; the response gets the request's ids and its duration is recorded.
     pub struct ObservedResponse<F> {
+        // `None` for a request refused at the in-flight cap.
         #[pin]
-        inner: tokio_metrics::Instrumented<Measured<InRequest<F>>, &'static TaskMonitorCore>,
+        inner: Option<tokio_metrics::Instrumented<Measured<InRequest<F>>, &'static TaskMonitorCore>>,
+        overloaded_detail: &'static str,
         span: Option<Span>,
         context: Arc<RequestContext>,
         started: Stamp,
@@ -159,7 +171,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _in_span = this.span.as_ref().map(Span::enter);
-        let (result, stats) = std::task::ready!(this.inner.poll(cx));
+        let (result, stats) = match this.inner.as_pin_mut() {
+            Some(inner) => std::task::ready!(inner.poll(cx)),
+            None => (Ok(overloaded(this.overloaded_detail)), PollStats::default()),
+        };
         let Ok(mut response) = result;
         // Ends the request in `http.server.active_requests` (dropping it); a request dropped
         // before it got here (the client went away) ends there when the future is dropped.
@@ -199,11 +214,11 @@ where
 /// mid-way because the client hung up.
 pub struct InFlight {
     instruments: &'static RouteInstruments,
-    _listed: Ticket,
+    _listed: Option<Ticket>,
 }
 
 impl InFlight {
-    fn enter(instruments: &'static RouteInstruments, listed: Ticket) -> Self {
+    fn enter(instruments: &'static RouteInstruments, listed: Option<Ticket>) -> Self {
         instruments.active.increment();
         Self {
             instruments,
@@ -216,6 +231,32 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.instruments.active.decrement();
     }
+}
+
+/// The answer to a request refused at the in-flight cap: an RFC 9457 problem with
+/// `Retry-After`, as the app's own 503s are.
+fn overloaded(detail: &str) -> Response {
+    let problem = serde_json::json!({
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": detail,
+    });
+    let mut response = (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(problem),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    headers.insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static("1"),
+    );
+    response
 }
 
 /// What [`begin_request`] makes.

@@ -24,6 +24,11 @@ pub struct Settings {
     pub histogram_buckets: Vec<(&'static str, &'static [f64])>,
     /// The routes whose path parameter labels their metrics as `variant`.
     pub variants: RouteVariants,
+    /// Requests the route layer lets in at once, all routes together; past it a request is
+    /// answered 503 (problem+json, `Retry-After: 1`) without running its handler.
+    pub max_in_flight: usize,
+    /// The problem's `detail` for a request refused at the cap (name the app's own setting).
+    pub overloaded_detail: &'static str,
 }
 
 impl Default for Settings {
@@ -36,6 +41,8 @@ impl Default for Settings {
             enabled: true,
             histogram_buckets: Vec::new(),
             variants: RouteVariants::default(),
+            max_in_flight: usize::MAX,
+            overloaded_detail: "the service is answering as many requests as it takes at once; try again in a moment",
         }
     }
 }
