@@ -90,7 +90,7 @@ fn open_front_door(
     let rules = front_door::DoorRules {
         front,
         is_front: is_front_path,
-        gate: Some(state.admission.gate(state.clone())),
+        gate: Some(state.admission.gate()),
         max_connections: args
             .max_connections
             .map_or_else(front_door::connections_within_file_limit, |cap| {

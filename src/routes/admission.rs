@@ -37,7 +37,6 @@ use tower::timeout::TimeoutLayer;
 use super::LESSONS;
 use crate::config::LimitArgs;
 use crate::error::AppError;
-use crate::state::AppState;
 use crate::telemetry::front_door::Gate;
 use crate::telemetry::metric_names::{REFUSED_IN_FLIGHT_CAP, REQUESTS_REFUSED};
 
@@ -109,13 +108,13 @@ impl Admission {
 
     /// The front door's count of stall demos (see the module's docs); refusals are answered
     /// on the door's thread by the same problem the handler would give.
-    pub fn gate(&self, state: AppState) -> Gate {
+    pub fn gate(&self) -> Gate {
+        let cap = self.stall_demo_cap;
         Gate {
             classify: stall_demo_lesson,
             slots: self.at_the_door.clone(),
             refused: axum::Router::new()
-                .fallback(refused_at_the_door)
-                .with_state(state),
+                .fallback(move |uri: axum::http::Uri| refused_at_the_door(uri, cap)),
         }
     }
 
@@ -175,15 +174,12 @@ fn stall_demo_lesson(path: &str) -> Option<usize> {
     })
 }
 
-async fn refused_at_the_door(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    uri: axum::http::Uri,
-) -> AppError {
+async fn refused_at_the_door(uri: axum::http::Uri, cap: u32) -> AppError {
     let lesson = stall_demo_lesson(uri.path()).and_then(|i| LESSONS.get(i));
     refused(REFUSED_STALL_DEMO_CAP);
     AppError::StallDemosBusy {
         lesson: lesson.map_or("", |l| l.name),
-        cap: state.limits.stall_demo_cap,
+        cap,
     }
 }
 
