@@ -63,8 +63,8 @@ wait_for() {
   done
   return 1
 }
-# A connection task's row: axum's per-connection spawn site.
-connection='serve/mod\.rs:389'
+# A connection task's row: the per-connection spawn site of the telemetry crate's serve loop.
+connection='stallscope-telemetry/src/serve\.rs:[0-9]+'
 
 wait_for 30 CONNECTED executor-lag-canary metrics-upkeep signal-listener otlp-span-exporter ||
   fail "tokio-console did not show CONNECTED and the named tasks"
