@@ -123,6 +123,7 @@ start_stallscope() { # name, service port, metrics port
   "$bin" serve --bind "127.0.0.1:$2" --metrics-bind "127.0.0.1:$3" \
     --upstream-url "http://127.0.0.1:$up_port" --workers 2 --max-blocking-threads 4 \
     --database-url "sqlite://$tmp/$1.db" \
+    --login-limit-per-client 100000 --login-limit-per-username 100000 \
     >"$tmp/$1.log" 2>&1 &
   pids+=($!)
   wait_http "http://127.0.0.1:$2/readyz" "$1" $!
