@@ -931,39 +931,21 @@ async fn emails_are_unique_alike(kind: Kind, test: &str) {
     let Some(api) = api(kind, test).await else {
         return;
     };
+    let sign_up = |username: &str, email: &Value| json!({"username": username, "email": email, "password": PASSWORD});
+    // A 409 whose detail names the taken field.
+    let taken = |(status, problem): (StatusCode, Value), field: &str| {
+        assert_eq!(status, StatusCode::CONFLICT, "{}: {problem}", kind.name());
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(field), "{}: {problem}", kind.name());
+    };
     let first = api.create("first").await;
     let second = api.create("second").await;
-    let (status, problem) = api
-        .json(
-            Method::POST,
-            "/users",
-            &json!({"username": "third", "email": first["email"], "password": PASSWORD}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{}: {problem}", kind.name());
-    let detail = problem["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains("email"), "{}: {problem}", kind.name());
-    let (status, problem) = api
-        .json(
-            Method::POST,
-            "/users",
-            &json!({"username": "first", "email": "other@example.com", "password": PASSWORD}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{}: {problem}", kind.name());
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("username")
-    );
-    let (status, body) = api
-        .json(
-            Method::POST,
-            "/users",
-            &json!({"username": "shouting", "email": "FIRST@example.com", "password": PASSWORD}),
-        )
-        .await;
+    let body = sign_up("third", &first["email"]);
+    taken(api.json(Method::POST, "/users", &body).await, "email");
+    let body = sign_up("first", &json!("other@example.com"));
+    taken(api.json(Method::POST, "/users", &body).await, "username");
+    let body = sign_up("shouting", &json!("FIRST@example.com"));
+    let (status, body) = api.json(Method::POST, "/users", &body).await;
     assert_eq!(
         status,
         StatusCode::CREATED,
@@ -971,26 +953,14 @@ async fn emails_are_unique_alike(kind: Kind, test: &str) {
         kind.name()
     );
     let second_path = format!("/users/{}", second["id"]);
-    let (status, problem) = api
-        .json(
-            Method::PATCH,
-            &second_path,
-            &json!({"email": first["email"]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{}: {problem}", kind.name());
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("email")
+    let change = |email: &Value| json!({ "email": email });
+    taken(
+        api.json(Method::PATCH, &second_path, &change(&first["email"]))
+            .await,
+        "email",
     );
     let (status, _) = api
-        .json(
-            Method::PATCH,
-            &second_path,
-            &json!({"email": second["email"]}),
-        )
+        .json(Method::PATCH, &second_path, &change(&second["email"]))
         .await;
     assert_eq!(
         status,

@@ -117,6 +117,20 @@ impl Drop for RestartOnDrop<'_> {
     }
 }
 
+/// Signs `username` up (password "long enough") and returns the new user's id.
+async fn sign_up(client: &reqwest::Client, base: &str, username: &str) -> i64 {
+    let created = client
+        .post(format!("{base}/users"))
+        .json(&json!({"username": username, "email": format!("{username}@example.com"), "password": "long enough"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201, "signing {username} up");
+    created.json::<Value>().await.expect("JSON")["id"]
+        .as_i64()
+        .expect("id")
+}
+
 async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
     let response = client.get(url).send().await.expect("the service answers");
     let status = response.status().as_u16();
@@ -138,16 +152,7 @@ async fn outage_and_recovery(kind: Kind, test: &str) {
     let service = service_on(&db, 2, 1_000).await;
     let base = service.base_url();
     let client = reqwest::Client::new();
-    let created = client
-        .post(format!("{base}/users"))
-        .json(&json!({"username": "survivor", "email": "s@example.com", "password": "long enough"}))
-        .send()
-        .await
-        .expect("create");
-    assert_eq!(created.status(), 201);
-    let id = created.json::<Value>().await.expect("JSON")["id"]
-        .as_i64()
-        .expect("id");
+    let id = sign_up(&client, &base, "survivor").await;
     let needs_db = [
         format!("{base}/users/{id}"),
         format!("{base}/users?limit=5"),
@@ -318,13 +323,7 @@ async fn a_login_flood_from_one_address_leaves_real_logins_fast() {
     let base = service.base_url();
     let real = reqwest::Client::new();
     for i in 0..10 {
-        let created = real
-            .post(format!("{base}/users"))
-            .json(&json!({"username": format!("real_{i}"), "email": format!("r{i}@example.com"), "password": "the real one"}))
-            .send()
-            .await
-            .expect("create");
-        assert_eq!(created.status(), 201);
+        sign_up(&real, &base, &format!("real_{i}")).await;
     }
     let attacker = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
@@ -354,7 +353,7 @@ async fn a_login_flood_from_one_address_leaves_real_logins_fast() {
         let started = Instant::now();
         let response = user
             .post(format!("{base}/login"))
-            .json(&json!({"username": format!("real_{}", i % 10), "password": "the real one"}))
+            .json(&json!({"username": format!("real_{}", i % 10), "password": "long enough"}))
             .send()
             .await
             .expect("login");
@@ -413,16 +412,7 @@ async fn a_frozen_postgres_is_answered_503_within_the_query_timeout() {
     let service = start(&args).await;
     let base = service.base_url();
     let client = reqwest::Client::new();
-    let created = client
-        .post(format!("{base}/users"))
-        .json(&json!({"username": "frozen", "email": "f@example.com", "password": "long enough"}))
-        .send()
-        .await
-        .expect("create");
-    assert_eq!(created.status(), 201);
-    let id = created.json::<Value>().await.expect("JSON")["id"]
-        .as_i64()
-        .expect("id");
+    let id = sign_up(&client, &base, "frozen").await;
     let bounded = [
         (format!("{base}/db/async/users/{id}"), 0),
         (format!("{base}/db/raw/users/{id}"), 0),

@@ -19,64 +19,47 @@ skip_unless_installed browser \
 
 bin=$(release_binary)
 tmp=$(mktemp -d)
-port=$(free_port)
-"$bin" serve --bind "127.0.0.1:$port" --workers 2 --database-url "sqlite://$tmp/browser.db" \
-  >"$tmp/service.log" 2>&1 &
-service=$!
+services=()
 cleanup() {
-  kill "$service" 2>/dev/null || true
-  wait "$service" 2>/dev/null || true
+  for pid in "${services[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-wait_until_up "http://127.0.0.1:$port/readyz" "$service"
+# start NAME SERVE-ARGS…: a service of its own on a free port and database; sets $base.
+start() {
+  local name=$1 port
+  shift
+  port=$(free_port)
+  "$bin" serve --bind "127.0.0.1:$port" --database-url "sqlite://$tmp/$name.db" "$@" \
+    >"$tmp/$name.log" 2>&1 &
+  services+=($!)
+  wait_until_up "http://127.0.0.1:$port/readyz" "$!"
+  base="http://127.0.0.1:$port"
+}
+# check NAME SCRIPT: runs a browser script against $base; on failure, the service's log.
+check() {
+  node "$here/$2" "$base" "$shots" && return 0
+  echo "service log:" >&2
+  cat "$tmp/$1.log" >&2
+  exit 1
+}
+shots=$(artifacts_dir browser)
+
+start browser --workers 2
 # The db lesson's user lookup preselects id 1: make that user exist, as a newcomer following
 # the README's "try this next" would have.
 curl -fs -o /dev/null -H 'content-type: application/json' \
   -d '{"username":"ada","email":"ada@example.com","password":"correct horse"}' \
-  "http://127.0.0.1:$port/users"
-
-shots=$(artifacts_dir browser)
-if ! node "$here/swagger.mjs" "http://127.0.0.1:$port" "$shots"; then
-  echo "service log:" >&2
-  cat "$tmp/service.log" >&2
-  exit 1
-fi
+  "$base/users"
+check browser swagger.mjs
 
 # The live page, on one worker as in the tutorial: a stall there holds the whole service.
-live_port=$(free_port)
 # A trace UI address (nothing listens there: the check reads the link, never follows it).
-"$bin" serve --bind "127.0.0.1:$live_port" --workers 1 --database-url "sqlite://$tmp/live.db" \
-  --trace-url 'http://127.0.0.1:9/trace/{trace_id}' >"$tmp/live.log" 2>&1 &
-live=$!
-cleanup_live() {
-  kill "$live" 2>/dev/null || true
-  wait "$live" 2>/dev/null || true
-  cleanup
-}
-trap cleanup_live EXIT
-wait_until_up "http://127.0.0.1:$live_port/readyz" "$live"
-if ! node "$here/live-page.mjs" "http://127.0.0.1:$live_port" "$shots"; then
-  echo "service log:" >&2
-  cat "$tmp/live.log" >&2
-  exit 1
-fi
+start live --workers 1 --trace-url 'http://127.0.0.1:9/trace/{trace_id}'
+check live live-page.mjs
 
 # A service that refuses its stall demos: the page must say which ones.
-off_port=$(free_port)
-"$bin" serve --bind "127.0.0.1:$off_port" --workers 2 --no-stall-demos \
-  --database-url "sqlite://$tmp/off.db" >"$tmp/off.log" 2>&1 &
-off=$!
-cleanup_off() {
-  kill "$off" 2>/dev/null || true
-  wait "$off" 2>/dev/null || true
-  cleanup_live
-}
-trap cleanup_off EXIT
-wait_until_up "http://127.0.0.1:$off_port/readyz" "$off"
-if ! node "$here/stall-demos-off.mjs" "http://127.0.0.1:$off_port" "$shots"; then
-  echo "service log:" >&2
-  cat "$tmp/off.log" >&2
-  exit 1
-fi
+start off --workers 2 --no-stall-demos
+check off stall-demos-off.mjs
 echo "screenshots in $shots"

@@ -12,10 +12,8 @@
 //! - All routes together take `--max-in-flight` requests at once; past it a 503 at once rather
 //!   than a queue (a queue in front of stalled workers only grows). The telemetry's route
 //!   layer keeps it: it already lists every request in flight, so the cap is one comparison
-//!   under a lock it takes anyway (`Settings::max_in_flight`). A first version stacked
-//!   tower's global concurrency limit, load-shed and error handling on every route: with the
-//!   timeout below it measured 0.81 × bare and 1.01 × the conventional stack on `/hello`
-//!   (7 rounds, docs/benchmarks.md), from 0.88 and 1.19.
+//!   under a lock it takes anyway (`Settings::max_in_flight`); tower's concurrency limit and
+//!   load-shed on every route cost more (docs/benchmarks.md, 2026-11-30, night).
 //! - Routes that wait on a dependency and are not lessons (users, login, docs) get
 //!   `--request-timeout-ms` (504): nothing there waits on purpose, so a request that takes
 //!   that long is stuck.
@@ -56,26 +54,26 @@ pub const REFUSED_TIMED_OUT: &str = "timed_out";
 pub struct Admission {
     stall_demo_cap: u32,
     /// One semaphore per lesson, in [`LESSONS`] order: requests running.
-    stall_demos: Vec<(&'static str, Arc<Semaphore>)>,
+    running: Vec<Arc<Semaphore>>,
     /// The same at the front door: connections that opened with a stall demo.
     at_the_door: Vec<Arc<Semaphore>>,
-    pub request_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl Admission {
     pub fn new(limits: &LimitArgs) -> Self {
         let cap = limits.stall_demo_cap;
         describe(limits);
-        Self {
-            stall_demo_cap: cap,
-            stall_demos: LESSONS
-                .iter()
-                .map(|lesson| (lesson.name, Arc::new(Semaphore::new(cap as usize))))
-                .collect(),
-            at_the_door: LESSONS
+        let per_lesson = || {
+            LESSONS
                 .iter()
                 .map(|_| Arc::new(Semaphore::new(cap as usize)))
-                .collect(),
+                .collect()
+        };
+        Self {
+            stall_demo_cap: cap,
+            running: per_lesson(),
+            at_the_door: per_lesson(),
             request_timeout: Duration::from_millis(limits.request_timeout_ms),
         }
     }
@@ -83,7 +81,11 @@ impl Admission {
     /// One of `lesson`'s stall-demo slots, held until the returned slot is dropped; a 503 at
     /// once when all are taken.
     pub fn stall_demo_slot(&self, lesson: &'static str) -> Result<StallDemoSlot, AppError> {
-        let Some((_, slots)) = self.stall_demos.iter().find(|(name, _)| *name == lesson) else {
+        let slots = LESSONS
+            .iter()
+            .position(|l| l.name == lesson)
+            .and_then(|i| self.running.get(i));
+        let Some(slots) = slots else {
             return Err(AppError::Internal(format!(
                 "no stall-demo slots for `{lesson}`"
             )));
@@ -131,8 +133,8 @@ pub type TimedLayer = ServiceBuilder<
     Stack<TimeoutLayer, Stack<HandleErrorLayer<Answer, (Option<MatchedPath>,)>, Identity>>,
 >;
 
-/// How a refusal or a timeout becomes a problem response. A plain function, so the layers'
-/// types can be named (the problem names the flag; `/metrics` has the caps' values).
+/// How a timeout becomes a problem response. A plain function, so the layer's type can be
+/// named (the problem names the flag; `/metrics` has the timeouts' count).
 pub type Answer = fn(Option<MatchedPath>, BoxError) -> std::future::Ready<AppError>;
 
 fn answer(route: Option<MatchedPath>, err: BoxError) -> std::future::Ready<AppError> {

@@ -1,6 +1,7 @@
 //! One listening port, two runtimes: connections that ask for a few paths (a live page and
 //! its stream) are served on a thread and runtime of their own, which stalled service workers
-//! cannot hold up; every other connection goes to the service runtime's `axum::serve`.
+//! cannot hold up; every other connection goes to the service runtime's server
+//! ([`crate::serve::serve`]).
 //!
 //! Why not one router: a task on a stalled runtime is not polled, whatever it serves, and a
 //! socket registered with that runtime's I/O driver is not read. A page meant to show a stall
@@ -8,7 +9,7 @@
 //! page would need its address, a CORS rule and a second port mapping wherever it runs.
 //!
 //! The front thread accepts, peeks at each connection's first request line without reading
-//! it, and hands the socket over: to its own `axum::serve` for a front path, to the service
+//! it, and hands the socket over: to its own server for a front path, to the service
 //! ([`HandedConnections`], an [`axum::serve::Listener`]) otherwise. A connection is placed
 //! once, by its first request, so front responses say `Connection: close`: a browser then
 //! never sends a service request down a front connection (which would run a handler on the
@@ -89,6 +90,31 @@ pub struct Gate {
     pub classify: fn(&str) -> Option<usize>,
     pub slots: Vec<Arc<Semaphore>>,
     pub refused: Router,
+}
+
+/// A [`Gate`] at work on the front thread, its refusals' server running.
+#[derive(Clone)]
+struct OpenGate {
+    classify: fn(&str) -> Option<usize>,
+    slots: Arc<Vec<Arc<Semaphore>>>,
+    to_refused: mpsc::Sender<Handed>,
+}
+
+impl OpenGate {
+    /// The slot a connection whose first request is for `path` takes (`None`: not counted
+    /// here), or where it goes when its slots are all taken.
+    fn admit(
+        &self,
+        path: Option<&str>,
+    ) -> Result<Option<OwnedSemaphorePermit>, &mpsc::Sender<Handed>> {
+        let Some(slots) = path.and_then(self.classify).and_then(|i| self.slots.get(i)) else {
+            return Ok(None);
+        };
+        Arc::clone(slots)
+            .try_acquire_owned()
+            .map(Some)
+            .map_err(|_| &self.to_refused)
+    }
 }
 
 /// A connection handed to a server, holding its place under the connection cap and the gate
@@ -181,10 +207,10 @@ impl FrontDoor {
     }
 }
 
-/// Connections the front door has placed, as an `axum::serve` listener: the service's (give
-/// it to `axum::serve` on the service runtime instead of a `TcpListener`; wrap it in
-/// `.tap_io(|_| ())` to keep `ConnectInfo<SocketAddr>`, which axum provides for tapped
-/// listeners), and, inside the front thread, the front's own.
+/// Connections the front door has placed, as an `axum::serve::Listener`: the service's (give
+/// it to [`crate::serve::serve`] on the service runtime instead of a `TcpListener`; each
+/// request then carries `ConnectInfo<SocketAddr>`), and, inside the front thread, the front's
+/// own.
 pub struct HandedConnections {
     handed: mpsc::Receiver<Handed>,
     local_addr: SocketAddr,
@@ -296,10 +322,12 @@ async fn accept_loop(
             refused,
         }) => {
             let (to_refused, refused_server) = serve_here(refused);
-            (
-                Some((classify, Arc::new(slots), to_refused)),
-                Some(refused_server),
-            )
+            let gate = OpenGate {
+                classify,
+                slots: Arc::new(slots),
+                to_refused,
+            };
+            (Some(gate), Some(refused_server))
         }
         None => (None, None),
     };
@@ -344,28 +372,10 @@ async fn accept_loop(
             // A closed channel means the server is stopping: the connection just closes.
             let _ = match placement {
                 Placement::Front => to_front.send((stream, peer, held(None))).await,
-                _ => {
-                    let wanted = gate.as_ref().and_then(|(classify, slots, _)| {
-                        Some((classify(path.as_deref()?)?, slots))
-                    });
-                    match wanted {
-                        None => to_service.send((stream, peer, held(None))).await,
-                        Some((index, slots)) => match slots
-                            .get(index)
-                            .map(|slots| Arc::clone(slots).try_acquire_owned())
-                        {
-                            Some(Ok(slot)) => {
-                                to_service.send((stream, peer, held(Some(slot)))).await
-                            }
-                            _ => match gate {
-                                Some((_, _, to_refused)) => {
-                                    to_refused.send((stream, peer, held(None))).await
-                                }
-                                None => Ok(()),
-                            },
-                        },
-                    }
-                }
+                _ => match gate.as_ref().map_or(Ok(None), |g| g.admit(path.as_deref())) {
+                    Ok(slot) => to_service.send((stream, peer, held(slot))).await,
+                    Err(to_refused) => to_refused.send((stream, peer, held(None))).await,
+                },
             };
         });
     }
@@ -453,8 +463,8 @@ impl axum::serve::Listener for HandedConnections {
     async fn accept(&mut self) -> (DoorStream, SocketAddr) {
         loop {
             let Some((stream, peer, held)) = self.handed.recv().await else {
-                // The front door stopped: no more connections, ever. `axum::serve` stops
-                // on its own shutdown signal, never on its listener.
+                // The front door stopped: no more connections, ever. The server stops on its
+                // own shutdown signal, never on its listener.
                 return std::future::pending().await;
             };
             // Registered with the runtime this runs on: the service's, or the front's.
