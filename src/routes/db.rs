@@ -57,7 +57,7 @@ lesson_variants! {
     tag = "db",
     params(
         ("variant" = inline(DbVariant), Path, description = "How to query: `blocking` is the stalling one"),
-        ("id" = i64, Path, description = "The user's id", example = 1),
+        ("id" = i64, Path, minimum = 1, description = "The user's id", example = 1),
     ),
     responses(
         (status = 200, description = "Found; `output.user` is the user (never the password hash)", body = WorkReport),

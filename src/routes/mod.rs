@@ -1,5 +1,6 @@
 //! The HTTP surface: one module per lesson, plus health and docs.
 
+pub mod account_fields;
 pub mod admission;
 pub mod cpu;
 pub mod db;

@@ -36,6 +36,8 @@ problems! {
     NotJson = 415, "Not application/json";
     /// The database did not answer in time.
     DatabaseUnreachable = 503, "Database unreachable";
+    /// The 503s of a route that hashes a password: the database, or the hasher's queue.
+    DatabaseUnreachableOrHasherBusy = 503, "Database unreachable, or the password hasher's queue is full or no hashing slot came free within 2 s";
     /// A database lesson's 503s: the database, or the stalling variants' cap.
     DatabaseUnreachableOrDemosBusy = 503, "Database unreachable, or the lesson's stalling variants are at their cap (--stall-demo-cap): retry after `Retry-After`";
 }

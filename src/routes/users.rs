@@ -20,8 +20,14 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::Observed;
+use super::account_fields::{
+    CreateUser, EMAIL_RULE, Login, USERNAME_RULE, UpdateUser, is_email, is_registrable_username,
+    password_problem,
+};
 use super::params::QueryParams;
-use super::problems::{BadId, BodyTooLarge, DatabaseUnreachable, NoSuchUser, NotJson};
+use super::problems::{
+    BadId, BodyTooLarge, DatabaseUnreachable, DatabaseUnreachableOrHasherBusy, NoSuchUser, NotJson,
+};
 use crate::db::models::{NewUser, UserChanges, UserView, now};
 use crate::db::{DbError, queries};
 use crate::error::{AppError, FieldError, ProblemDoc};
@@ -34,9 +40,6 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 /// Most users one page may hold.
 pub const MAX_PAGE: u64 = 100;
 const DEFAULT_PAGE: u64 = 20;
-
-const MIN_PASSWORD_CHARS: usize = 8;
-const MAX_PASSWORD_CHARS: usize = 1024;
 
 /// `/users`, `/users/{id}` and `/login`, with their body limit.
 pub fn router(observed: &Observed) -> Router<AppState> {
@@ -69,7 +72,7 @@ pub struct LoginResult {
 
 /// Create a user: `{"username", "email", "password"}`.
 #[utoipa::path(post, path = "/users", tag = "users", operation_id = "create_user",
-    request_body(content = Object, description = "`username` (3–64 of A–Z a–z 0–9 _ . -), `email`, `password` (8+ characters)", content_type = "application/json"),
+    request_body(content = CreateUser, content_type = "application/json"),
     responses(
         (status = 201, description = "Created; `Location` names the new user", body = UserView),
         (status = 400, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
@@ -77,7 +80,7 @@ pub struct LoginResult {
         BodyTooLarge,
         NotJson,
         (status = 422, description = "Invalid fields, all listed in `invalid_fields`", body = ProblemDoc, content_type = "application/problem+json"),
-        DatabaseUnreachable,
+        DatabaseUnreachableOrHasherBusy,
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -128,7 +131,7 @@ pub async fn create(
 
 /// One user by id.
 #[utoipa::path(get, path = "/users/{id}", tag = "users", operation_id = "get_user",
-    params(("id" = i64, Path, description = "The user's id")),
+    params(("id" = i64, Path, minimum = 1, description = "The user's id")),
     responses(
         (status = 200, description = "The user", body = UserView),
         BadId,
@@ -151,8 +154,8 @@ pub async fn fetch(
 #[utoipa::path(get, path = "/users", tag = "users", operation_id = "list_users",
     params(
         ("username" = Option<String>, Query, description = "Exact username: the page holds that user or nobody"),
-        ("limit" = Option<u64>, Query, description = "Users per page, 1 to 100 (default 20)"),
-        ("cursor" = Option<i64>, Query, description = "Only users with a larger id: the previous page's next_cursor"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 100, description = "Users per page, 1 to 100 (default 20)"),
+        ("cursor" = Option<i64>, Query, minimum = 0, description = "Only users with a larger id: the previous page's next_cursor"),
     ),
     responses(
         (status = 200, description = "A page", body = UserPage),
@@ -199,8 +202,8 @@ pub async fn list(
 
 /// Change a user's `email` and/or `password` (the username is fixed).
 #[utoipa::path(patch, path = "/users/{id}", tag = "users", operation_id = "update_user",
-    params(("id" = i64, Path, description = "The user's id")),
-    request_body(content = Object, description = "`email` and/or `password`", content_type = "application/json"),
+    params(("id" = i64, Path, minimum = 1, description = "The user's id")),
+    request_body(content = UpdateUser, content_type = "application/json"),
     responses(
         (status = 200, description = "The updated user", body = UserView),
         (status = 400, description = "Bad id or not JSON", body = ProblemDoc, content_type = "application/problem+json"),
@@ -209,7 +212,7 @@ pub async fn list(
         NotJson,
         (status = 409, description = "The email belongs to another account", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, all listed", body = ProblemDoc, content_type = "application/problem+json"),
-        DatabaseUnreachable,
+        DatabaseUnreachableOrHasherBusy,
     ))]
 pub async fn update(
     State(state): State<AppState>,
@@ -245,7 +248,7 @@ pub async fn update(
 
 /// Delete a user.
 #[utoipa::path(delete, path = "/users/{id}", tag = "users", operation_id = "delete_user",
-    params(("id" = i64, Path, description = "The user's id")),
+    params(("id" = i64, Path, minimum = 1, description = "The user's id")),
     responses(
         (status = 204, description = "Deleted"),
         BadId,
@@ -270,13 +273,16 @@ pub async fn remove(
 /// argon2 verification, against a dummy hash when there is no user), and both failures get
 /// the same 401: neither the answer nor its timing says which usernames exist.
 #[utoipa::path(post, path = "/login", tag = "users", operation_id = "login",
-    request_body(content = Object, description = "`username` and `password`", content_type = "application/json"),
+    request_body(content = Login, content_type = "application/json"),
     responses(
         (status = 200, description = "The password matches", body = LoginResult),
+        (status = 400, description = "Not JSON", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Wrong username or password", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "Missing fields", body = ProblemDoc, content_type = "application/problem+json"),
+        BodyTooLarge,
+        NotJson,
+        (status = 422, description = "Missing or unknown fields", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts for this username or from this address: retry after `Retry-After` seconds", body = ProblemDoc, content_type = "application/problem+json"),
-        DatabaseUnreachable,
+        DatabaseUnreachableOrHasherBusy,
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -411,63 +417,30 @@ fn rejection(rejection: JsonRejection) -> AppError {
     }
 }
 
-/// 3 to 64 characters, each an ASCII letter, a digit, `_`, `.` or `-`.
-fn is_registrable_username(username: &str) -> bool {
-    (3..=64).contains(&username.chars().count())
-        && username
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
 fn check_username(fields: &mut Fields, username: &str) -> bool {
-    if !is_registrable_username(username) {
-        fields.fail(
-            "username",
-            "must be 3 to 64 characters, each a letter A–Z or a–z, a digit, `_`, `.` or `-`",
-        );
-        return false;
-    }
-    true
-}
-
-/// Deliberately simple: one `@`, something before it, a dotted domain after it, no spaces.
-/// Whether the address works is only known by mailing it.
-fn check_email(fields: &mut Fields, email: &str) -> bool {
-    // Control characters (a NUL byte among them, which PostgreSQL refuses) are no address's.
-    let valid = email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && !domain.contains('@')
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-                && !domain.contains("..")
-        });
+    let valid = is_registrable_username(username);
     if !valid {
-        fields.fail("email", "must be an email address like name@example.com");
+        fields.fail("username", USERNAME_RULE);
     }
     valid
 }
 
-/// Never echoes the password, not even in the error.
+fn check_email(fields: &mut Fields, email: &str) -> bool {
+    let valid = is_email(email);
+    if !valid {
+        fields.fail("email", EMAIL_RULE);
+    }
+    valid
+}
+
 fn check_password(fields: &mut Fields, password: &str) -> bool {
-    let length = password.chars().count();
-    if length < MIN_PASSWORD_CHARS {
-        fields.fail(
-            "password",
-            format!("must be at least {MIN_PASSWORD_CHARS} characters"),
-        );
-        return false;
+    match password_problem(password) {
+        Some(problem) => {
+            fields.fail("password", problem);
+            false
+        }
+        None => true,
     }
-    if length > MAX_PASSWORD_CHARS {
-        fields.fail(
-            "password",
-            format!("must be at most {MAX_PASSWORD_CHARS} characters"),
-        );
-        return false;
-    }
-    true
 }
 
 #[cfg(test)]
@@ -483,38 +456,6 @@ mod tests {
         match fields.finish() {
             Err(AppError::Validation { fields }) => fields.into_iter().map(|f| f.field).collect(),
             other => panic!("expected a validation error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn usernames() {
-        for ok in ["abc", "a.b-c_d", "A1b", &"x".repeat(64)] {
-            let mut f = fields(serde_json::json!({}), &[]);
-            assert!(check_username(&mut f, ok), "{ok}");
-        }
-        for bad in [
-            "ab",
-            "",
-            "has space",
-            "x' OR '1'='1",
-            "ünï",
-            &"x".repeat(65),
-        ] {
-            let mut f = fields(serde_json::json!({}), &[]);
-            assert!(!check_username(&mut f, bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn emails() {
-        let mut f = fields(serde_json::json!({}), &[]);
-        for ok in ["a@b.co", "first.last+tag@example.org"] {
-            assert!(check_email(&mut f, ok), "{ok}");
-        }
-        for bad in [
-            "", "plain", "@x.org", "a@b", "a@.b", "a@b.", "a b@c.d", "a@b@c.d", "a@b..c",
-        ] {
-            assert!(!check_email(&mut f, bad), "{bad}");
         }
     }
 
