@@ -4,10 +4,13 @@
 //! this instance was started (the caps on `ms` and `iterations`, and so their defaults) is
 //! filled in here, so the document states the bounds the handlers really enforce.
 
+use axum::http::{StatusCode, header};
 use utoipa::OpenApi;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::schema::Schema;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::{Content, RefOr};
 
 use super::{cpu, db, health, metrics, sleep, upstream, users};
@@ -36,7 +39,12 @@ use crate::config::{Bounds, LimitArgs};
         users::remove,
         users::login
     ),
-    components(schemas(crate::error::FieldError)),
+    components(schemas(
+        crate::error::FieldError,
+        super::account_fields::CreateUser,
+        super::account_fields::UpdateUser,
+        super::account_fields::Login
+    )),
     tags(
         (name = "sleep", description = "Waiting: tokio::time::sleep vs std::thread::sleep"),
         (name = "cpu", description = "Computing: inline hashing vs the blocking pool vs rayon"),
@@ -63,9 +71,54 @@ pub fn document(limits: &LimitArgs) -> utoipa::openapi::OpenApi {
             if can_fail_internally(operation) {
                 add_internal_error(operation);
             }
+            // Every route is behind the telemetry route layer's in-flight cap.
+            add_reason(
+                operation,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service already has --max-in-flight requests in flight",
+            );
+            if is_timed(operation) {
+                add_reason(
+                    operation,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the request took longer than --request-timeout-ms",
+                );
+            }
+            announce_retry_after(operation);
         }
     }
+    link_sign_up(&mut doc);
     doc
+}
+
+/// What a client can do with a new account: fetch it by the id in the answer, and log in
+/// with the credentials it just sent. Clients and fuzzers (schemathesis' stateful phase)
+/// follow these links, so `/login` is reached with a password that matches.
+fn link_sign_up(doc: &mut utoipa::openapi::OpenApi) {
+    let Some(RefOr::T(created)) = doc
+        .paths
+        .paths
+        .get_mut("/users")
+        .and_then(|item| item.post.as_mut())
+        .and_then(|create| create.responses.responses.get_mut("201"))
+    else {
+        return;
+    };
+    let fetch = LinkBuilder::new()
+        .operation_id("get_user")
+        .parameter("id", "$response.body#/id")
+        .description("The new user, by the `id` in this answer")
+        .build();
+    let login = LinkBuilder::new()
+        .operation_id("login")
+        .request_body(Some(serde_json::json!({
+            "username": "$request.body#/username",
+            "password": "$request.body#/password",
+        })))
+        .description("Log in with the username and password just registered")
+        .build();
+    created.links.insert("GetUser".to_owned(), RefOr::T(fetch));
+    created.links.insert("LogIn".to_owned(), RefOr::T(login));
 }
 
 /// `minimum`, `maximum` and `default` of the numeric lesson parameters, from the same
@@ -98,9 +151,55 @@ fn can_fail_internally(operation: &Operation) -> bool {
         .any(|tag| matches!(tag.as_str(), "sleep" | "cpu" | "upstream" | "db" | "users"))
 }
 
-fn add_internal_error(operation: &mut Operation) {
-    let response = ResponseBuilder::new()
-        .description("A bug on our side, or an unexpected database error; the details are logged, never sent")
+/// The routes `Observed::on` puts under `--request-timeout-ms`: the `/users` operations
+/// (the lessons wait on purpose, the probes never do).
+fn is_timed(operation: &Operation) -> bool {
+    operation.tags.iter().flatten().any(|tag| tag == "users")
+}
+
+/// Adds `reason` to the operation's `status` response: "A; or B" when the status is listed
+/// already (one row per status, naming every reason), a new problem response otherwise.
+fn add_reason(operation: &mut Operation, status: StatusCode, reason: &str) {
+    match operation.responses.responses.get_mut(status.as_str()) {
+        Some(RefOr::T(response)) => {
+            response.description = format!("{}; or {reason}", response.description);
+        }
+        Some(RefOr::Ref(_)) => {}
+        None => {
+            let mut description = reason.to_owned();
+            if let Some(first) = description.get_mut(..1) {
+                first.make_ascii_uppercase();
+            }
+            operation
+                .responses
+                .responses
+                .insert(status.as_str().to_owned(), RefOr::T(problem(description)));
+        }
+    }
+}
+
+/// Every 503 and 429 says when to ask again.
+fn announce_retry_after(operation: &mut Operation) {
+    for (status, response) in &mut operation.responses.responses {
+        if let ("503" | "429", RefOr::T(response)) = (status.as_str(), response) {
+            let header = HeaderBuilder::new()
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(0)),
+                ))
+                .description(Some("Seconds to wait before asking again; always sent"))
+                .build();
+            response
+                .headers
+                .insert(header::RETRY_AFTER.as_str().to_owned(), RefOr::T(header));
+        }
+    }
+}
+
+fn problem(description: String) -> Response {
+    ResponseBuilder::new()
+        .description(description)
         .content(
             "application/problem+json",
             // Registered by the operations' own problem responses (`body = ProblemDoc`).
@@ -108,7 +207,14 @@ fn add_internal_error(operation: &mut Operation) {
                 "ProblemDoc",
             )))),
         )
-        .build();
+        .build()
+}
+
+fn add_internal_error(operation: &mut Operation) {
+    let response = problem(
+        "A bug on our side, or an unexpected database error; the details are logged, never sent"
+            .to_owned(),
+    );
     operation
         .responses
         .responses
