@@ -334,7 +334,9 @@ fn stalls_since(watchdog: &Watchdog, since: u64, route: &str, variant: &str) -> 
         .collect()
 }
 
-/// `stallscope_stalls_total{route, variant}` as the target's `/metrics` reports it now.
+/// `stallscope_stalls_total{route, variant}` as the target's `/metrics` reports it now;
+/// `None` for a target without one (a peer such as the FastAPI app in `bench/peers/`), whose
+/// slow batches must not be judged "no worker was blocked".
 async fn watchdog_stalls(
     client: &reqwest::Client,
     target: &str,
@@ -345,6 +347,8 @@ async fn watchdog_stalls(
         .get(format!("{target}/metrics"))
         .send()
         .await
+        .ok()?
+        .error_for_status()
         .ok()?
         .text()
         .await
