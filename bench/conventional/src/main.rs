@@ -1,12 +1,16 @@
 //! The conventional instrumented axum stack, for bench/overhead.sh: what a typical service
 //! gets from off-the-shelf crates (tower-http tracing, axum-prometheus HTTP metrics, a
 //! tokio-metrics task monitor per route), serving stallscope's `/hello` and `/healthz`
-//! responses, so stallscope's own instrumentation can be compared with it on equal terms.
+//! responses, so stallscope's own instrumentation can be compared with it on equal terms; and
+//! `/sleep/async?ms=N` (a `tokio::time::sleep`) for bench/peers, whose Little's-law runs need
+//! a route that waits.
 //!
 //!   conventional --bind HOST:PORT
 
 use std::future::Future;
+use std::time::Duration;
 
+use axum::extract::Query;
 use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
@@ -33,6 +37,22 @@ async fn hello() -> &'static str {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[derive(serde::Deserialize)]
+struct SleepParams {
+    ms: u64,
+}
+
+/// stallscope's correct sleep variant, minus its JSON report: waits without holding a worker.
+fn sleep_route() -> MethodRouter {
+    let monitor = TaskMonitor::new();
+    get(move |Query(params): Query<SleepParams>| {
+        monitor.instrument(async move {
+            tokio::time::sleep(Duration::from_millis(params.ms.min(10_000))).await;
+            Json(serde_json::json!({ "work": "sleep", "variant": "async", "ms": params.ms }))
+        })
+    })
 }
 
 fn main() -> std::io::Result<()> {
@@ -67,6 +87,7 @@ async fn serve(bind: String) -> std::io::Result<()> {
     let app = Router::new()
         .route("/hello", monitored(hello))
         .route("/healthz", monitored(healthz))
+        .route("/sleep/async", sleep_route())
         .route("/metrics", get(move || async move { metric_handle.render() }))
         .layer(prometheus_layer)
         .layer(TraceLayer::new_for_http());
