@@ -50,3 +50,7 @@ bash "$(dirname "$0")/checks/stack/install-tools.sh"
 # The API fuzz check (scripts/checks/api-fuzz.sh): a venv with schemathesis, pinned and
 # hash-checked.
 bash "$(dirname "$0")/checks/api-fuzz/install-tools.sh"
+
+# The peers check (scripts/checks/peers.sh, bench/peers.sh): oha, and a venv with FastAPI,
+# uvicorn and matplotlib, pinned and hash-checked.
+bash "$(dirname "$0")/../bench/peers/install-tools.sh"
