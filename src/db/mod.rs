@@ -5,6 +5,7 @@
 mod backend;
 pub mod login_limits;
 pub mod metric_names;
+mod migration_lock;
 pub mod models;
 pub mod password;
 pub mod pool;
@@ -199,7 +200,12 @@ impl Database {
         let pool_size = usize::try_from(size).unwrap_or(usize::MAX);
         let (pool, sync) = match backend {
             Backend::Postgres => {
-                migrate::<PgConnection>(backend, &url, POSTGRES_MIGRATIONS, |_| Ok(()))?;
+                migrate::<PgConnection>(
+                    backend,
+                    &url,
+                    POSTGRES_MIGRATIONS,
+                    migration_lock::postgres,
+                )?;
                 (
                     AnyPool::Postgres(AsyncPool::new(
                         backend,
@@ -212,7 +218,7 @@ impl Database {
                 )
             }
             Backend::Mysql => {
-                migrate::<MysqlConnection>(backend, &url, MYSQL_MIGRATIONS, |_| Ok(()))?;
+                migrate::<MysqlConnection>(backend, &url, MYSQL_MIGRATIONS, migration_lock::mysql)?;
                 (
                     AnyPool::Mysql(AsyncPool::new(
                         backend,
@@ -298,7 +304,8 @@ impl Database {
     }
 }
 
-/// Applies pending migrations over one short-lived sync connection.
+/// Applies pending migrations over one short-lived sync connection, after `prepare` (which
+/// takes the backend's migration lock, see [`migration_lock`], or sets SQLite up).
 fn migrate<C>(
     backend: Backend,
     url: &str,
