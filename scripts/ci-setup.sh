@@ -54,3 +54,7 @@ bash "$(dirname "$0")/checks/api-fuzz/install-tools.sh"
 # The peers check (scripts/checks/peers.sh, bench/peers.sh): oha, and a venv with FastAPI,
 # uvicorn and matplotlib, pinned and hash-checked.
 bash "$(dirname "$0")/../bench/peers/install-tools.sh"
+
+# The Kubernetes check (scripts/checks/k8s.sh): kubectl's kustomize, promtool, and a venv with
+# kubernetes-validate, pinned and hash-checked.
+bash "$(dirname "$0")/../deploy/k8s/install-tools.sh"

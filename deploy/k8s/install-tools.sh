@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what scripts/checks/k8s.sh needs; called by scripts/ci-setup.sh. Idempotent.
+#   apt:  kubernetes-client (kubectl 1.20, whose `kubectl kustomize` renders the manifests;
+#         any newer kubectl already on PATH is used instead), prometheus (promtool)
+#   venv: kubernetes-validate, jsonschema and PyYAML, pinned and hash-checked
+#         (requirements.txt), at $STALLSCOPE_K8S_TOOLS_DIR (default ~/.cache/stallscope/k8s)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+venv="${STALLSCOPE_K8S_TOOLS_DIR:-$HOME/.cache/stallscope/k8s}"
+
+need_apt=()
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+    --no-install-recommends "${need_apt[@]}"
+fi
+
+wanted=$(grep -E '^[A-Za-z0-9_.-]+==' "$here/requirements.txt" | sed 's/ .*//' | tr 'A-Z_' 'a-z-' | sort)
+have=$("$venv/bin/pip" freeze 2>/dev/null | tr 'A-Z_' 'a-z-' | sort || true)
+[ "$wanted" = "$have" ] && exit 0
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
+  --only-binary=:all: -r "$here/requirements.txt"
