@@ -4,6 +4,7 @@
   openAPIV3Schema v1 of prometheus-operator 0.93), strictly: a field the CRD does not know
   fails here, where the API server would prune it without a word;
 - no kind left unchecked (kubernetes-validate knows the core kinds, this file the two CRDs);
+- every dashboard in grafana/dashboards/ ships as a ConfigMap for Grafana's sidecar;
 - what the service's design asks of its Deployment: probes on /healthz and /readyz, a grace
   period above the shutdown deadline, non-root, read-only root filesystem, limits, 3 replicas,
   the instance identity in OTEL_RESOURCE_ATTRIBUTES;
@@ -85,6 +86,12 @@ def main():
         if kind == "Deployment" and name == "stallscope":
             deployments += 1
             check_deployment(doc, deadline_ms, problems)
+    dashboards = sorted(p.name for p in (HERE.parents[1] / "grafana" / "dashboards").glob("*.json"))
+    loaded = sorted(name for doc in documents if doc["kind"] == "ConfigMap"
+                    and doc["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+                    for name in doc.get("data", {}))
+    if loaded != dashboards:
+        problems.append(f"dashboard ConfigMaps hold {loaded}, grafana/dashboards/ has {dashboards}")
     if deployments != 1:
         problems.append(f"{deployments} stallscope Deployments rendered, expected 1")
     if groups is None:
