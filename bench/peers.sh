@@ -4,7 +4,7 @@
 # against Little's law, collateral damage, memory with many sleeping requests, scrape cost.
 # See bench/peers/run.py for what each part measures.
 #
-#   bench/peers.sh           the full run (about 25 minutes on 2 cores): rewrites the peers
+#   bench/peers.sh           the full run (about 10 minutes on 2 cores): rewrites the peers
 #                            section of docs/benchmarks.md and the charts docs/img/peers-*.svg
 #   bench/peers.sh --smoke   a short run that checks everything works (CI); writes only to
 #                            target/check-artifacts/peers/
@@ -24,7 +24,7 @@ python="${STALLSCOPE_PEERS_TOOLS_DIR:-$HOME/.cache/stallscope/peers}/bin/python"
 bin="${STALLSCOPE_BIN:-}"
 if [ -z "$bin" ]; then
   cargo build --release --locked --quiet --bin stallscope
-  bin=target/release/stallscope
+  bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/stallscope"
 fi
 out="${CARGO_TARGET_DIR:-target}/check-artifacts/peers"
 mkdir -p "$out"

@@ -102,8 +102,25 @@ def memory_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def tables(results: dict, command: str) -> str:
+def detection_line(benchmarks: Path | None) -> str:
+    """The stall detection figures of `cargo bench --bench watchdog_latency`, as its own
+    section of docs/benchmarks.md last recorded them (a build of its own; not re-run here)."""
+    if benchmarks is None or not benchmarks.is_file():
+        return ""
+    block = re.search(r"<!-- watchdog:start -->\n(.*?)\n.*?\| p50.*?\n\|[-:| ]+\n(\|.*?\|)\n",
+                      benchmarks.read_text(), re.S)
+    if not block:
+        return ""
+    setup, row = block.group(1), block.group(2)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    return (f"\n**Stall detection** ([its own section](#stall-detection-latency), "
+            f"`cargo bench --bench watchdog_latency`): {setup.split('. ')[0]}: reported "
+            f"{cells[0]} (p50), {cells[2]} (max) after the threshold was crossed.\n")
+
+
+def tables(results: dict, command: str, benchmarks: Path | None = None) -> str:
     plan, machine = results["plan"], results["machine"]
+    detection = detection_line(benchmarks)
     scrape = results["scrape"]
     return f"""Measured {machine['date']} on {machine['cores']} × {machine['cpu']}, oha on the same cores,
 `{command}` ({plan['rounds']} rounds of every side, medians; {plan['seconds']} s per load).
@@ -131,7 +148,7 @@ flight at once (RSS of the whole process tree, sampled every 100 ms):
 **Scrape**: stallscope's `/metrics` after every route and variant was served once:
 {scrape['series']} series, {scrape['bytes']:,} bytes, {scrape['median_ms']:.1f} ms median
 (max {scrape['max_ms']:.1f} ms) over 20 scrapes.
-"""
+{detection}"""
 
 
 def charts(results: dict, directory: Path) -> list[Path]:
@@ -190,7 +207,7 @@ def main() -> None:
     parser.add_argument("--command", default="bench/peers.sh")
     args = parser.parse_args()
     results = json.loads(args.results.read_text())
-    text = tables(results, args.command)
+    text = tables(results, args.command, args.benchmarks)
     args.tables.write_text(text)
     for path in charts(results, args.charts):
         print(f"chart: {path}")
