@@ -1069,6 +1069,10 @@ async fn http_protobuf_export_posts_to_v1_traces() {
             };
             let service = value("service.name").expect("every batch names its service");
             assert!(
+                value("service.instance.id").is_some(),
+                "replicas' spans are told apart: {attributes:?}"
+            );
+            assert!(
                 value("deployment.environment.name").is_some(),
                 "OTEL_RESOURCE_ATTRIBUTES reach the collector: {attributes:?}"
             );

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::IsTerminal;
 
+use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -99,11 +100,27 @@ impl TracingGuard {
     }
 }
 
+/// `service.instance.id` tells replicas' spans apart (OpenTelemetry's resource conventions).
+/// A deployment names it in `OTEL_RESOURCE_ATTRIBUTES` (the pod's name, from the downward
+/// API), which the SDK's environment detector reads; otherwise each process gets a random
+/// UUID, as the conventions recommend, so two replicas never share one.
+fn generated_instance_id(resource_attributes: Option<String>) -> Option<String> {
+    let named = resource_attributes.is_some_and(|attributes| {
+        attributes
+            .split(',')
+            .any(|pair| pair.split('=').next().map(str::trim) == Some("service.instance.id"))
+    });
+    (!named).then(|| uuid::Uuid::new_v4().to_string())
+}
+
 /// Installs the global subscriber. Call once, first.
 pub fn init(options: &TracingOptions) -> TracingGuard {
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(options.default_service_name);
+    }
+    if let Some(id) = generated_instance_id(std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok()) {
+        resource = resource.with_attribute(KeyValue::new("service.instance.id", id));
     }
     let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
     let otlp = OtlpSettings::from_env();
@@ -610,6 +627,16 @@ impl Visit for JsonFields {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instance_ids_are_generated_unless_the_deployment_names_one() {
+        let a = generated_instance_id(None).expect("generated");
+        let b = generated_instance_id(Some("deployment.environment.name=ci".into()));
+        assert_ne!(Some(a.clone()), b, "each process its own");
+        assert_eq!(a.len(), 36, "a UUID: {a}");
+        let named = "k8s.pod.name=web-0, service.instance.id=web-0".to_owned();
+        assert_eq!(generated_instance_id(Some(named)), None);
+    }
+
     use super::*;
     use std::sync::{Arc, Mutex};
 
