@@ -58,9 +58,11 @@ fuzz() {
 
   echo "schemathesis on $backend: $examples cases per operation and phase, seed $seed"
   local status=0
-  # From the scratch directory: schemathesis keeps state in its working directory.
+  # From the scratch directory: schemathesis keeps state in its working directory. One worker:
+  # with two, hypothesis once crashed inside schemathesis describing a lambda (KeyError from
+  # its source cache), a tool error that says nothing about the service.
   (cd "$work" && "$venv/bin/st" run "http://127.0.0.1:$port/openapi.json" --checks all \
-    --max-examples "$examples" --seed "$seed" --workers 2 --request-timeout 10 \
+    --max-examples "$examples" --seed "$seed" --workers 1 --request-timeout 10 \
     --generation-database none \
     --report junit,json,har,pytest --report-dir "$reports" \
     --report-json-path "$reports/run.json" --report-har-path "$reports/exchanges.har") \
