@@ -133,7 +133,9 @@ def oha(url: str, *, seconds: float | None = None, requests: int | None = None,
     summary, percentiles = report["summary"], report["latencyPercentiles"]
     statuses = report.get("statusCodeDistribution", {})
     ok = sum(count for status, count in statuses.items() if status.startswith("2"))
-    total = sum(statuses.values()) + sum(report.get("errorDistribution", {}).values())
+    # `-z` cancels the requests still in flight when its time is up: not failures.
+    errors = {e: n for e, n in report.get("errorDistribution", {}).items() if "deadline" not in e}
+    total = sum(statuses.values()) + sum(errors.values())
     return {
         "requests_per_s": summary["requestsPerSec"],
         "p50_ms": (percentiles.get("p50") or 0) * 1000,
