@@ -25,7 +25,7 @@ counts are summed by exactly the labels the legend shows; ratios and means are
 sum(numerator) / sum(denominator) (`ratio()`); quantiles are histogram_quantile over the
 bucket rates summed across instances (`quantile()`). A panel shows one line per instance only
 where its description says "per instance" and its legend names the instance. The live check
-(scripts/checks/stack.sh) runs every query against two instances and fails when two series
+(scripts/checks/stack.sh) runs every query against three instances and fails when two series
 of a panel render the same legend, or a ratio panel differs from the ratio of the raw sums.
 """
 

@@ -2,8 +2,10 @@
 # The stack users run (docs/stack.md), checked against real tools: Prometheus config and
 # rules (promtool), docker-compose.yml (docker-compose 1.29, every profile), the Grafana
 # dashboards (structure, datasource uids, generated JSON up to date), the Docker build
-# context, and then a live run: the release binary's standalone upstream and two instances
-# of the service (a fleet of two replicas), a real Prometheus scraping both every second, k6
+# context, and then a live run: the release binary's standalone upstream and three instances
+# of the service (a fleet of three replicas, two of them loaded), a real Prometheus finding
+# them through file-based discovery with the labels Prometheus Operator would add (pod,
+# namespace, service) and scraping them every second, k6
 # running every load script with its thresholds, every PromQL expression of every dashboard
 # panel, datasource and rule returning data, no panel showing two series under one legend,
 # and every ratio panel equal to the ratio of the raw counters' sums; spans go to a stand-in
@@ -99,7 +101,7 @@ wait_http() { # url, what, pid
   die "$2 did not come up at $1"
 }
 
-step "start the upstream, an OTLP collector stand-in, two stallscope instances and Prometheus on loopback"
+step "start the upstream, an OTLP collector stand-in, three stallscope instances and Prometheus on loopback"
 up_port=$(free_port); svc_port=$(free_port); metrics_port=$(free_port); prom_port=$(free_port)
 otlp_port=$(free_port); svc2_port=$(free_port); metrics2_port=$(free_port)
 "$bin" upstream --bind "127.0.0.1:$up_port" >"$tmp/upstream.log" 2>&1 &
@@ -130,8 +132,12 @@ start_stallscope() { # name, service port, metrics port
 }
 start_stallscope stallscope "$svc_port" "$metrics_port"
 start_stallscope stallscope-2 "$svc2_port" "$metrics2_port"
+# A third replica, scraped but never loaded: the fleet is three, as in deploy/k8s, and every
+# panel must still sum right with an idle member.
+svc3_port=$(free_port); metrics3_port=$(free_port)
+start_stallscope stallscope-3 "$svc3_port" "$metrics3_port"
 "$py" "$here/stackcheck.py" prom-config "$tmp/prometheus.yml" \
-  "127.0.0.1:$metrics_port,127.0.0.1:$metrics2_port" "$root/prometheus/rules.yml"
+  "127.0.0.1:$metrics_port,127.0.0.1:$metrics2_port,127.0.0.1:$metrics3_port" "$root/prometheus/rules.yml"
 promtool check config "$tmp/prometheus.yml" >/dev/null
 prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/prom-data" \
   --web.listen-address="127.0.0.1:$prom_port" --log.level=warn >"$tmp/prometheus.log" 2>&1 &
@@ -144,8 +150,8 @@ echo "  upstream :$up_port, stallscope :$svc_port (metrics :$metrics_port) and :
 # of both, or whatever happens before it (smoke.js, the refused spans) is invisible to rate().
 for i in $(seq 1 100); do
   "$py" -c 'import json,sys,urllib.request; sys.exit(0 if json.load(urllib.request.urlopen(sys.argv[1]))["data"]["result"] else 1)' \
-    "$prom/api/v1/query?query=count(up%7Bjob%3D%22stallscope%22%7D%3D%3D1)%3D%3D2" 2>/dev/null && break
-  [ "$i" = 100 ] && die "prometheus never scraped both stallscope instances"
+    "$prom/api/v1/query?query=count(up%7Bjob%3D%22stallscope%22%7D%3D%3D1)%3D%3D3" 2>/dev/null && break
+  [ "$i" = 100 ] && die "prometheus never scraped all three stallscope instances"
   sleep 0.1
 done
 

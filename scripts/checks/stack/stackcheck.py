@@ -629,7 +629,11 @@ def run_healthchecks():
 
 def write_prom_config(out, targets, rules):
     """prometheus/prometheus.yml with the compose addresses replaced by local ones: every
-    local instance is a target of the same job, as replicas of one service would be."""
+    local instance is a target of the same job, as replicas of one service would be. They are
+    found through file-based discovery carrying the Kubernetes metadata Prometheus Operator's
+    pod discovery would, relabelled the way a ServiceMonitor's generated job does, so every
+    series has the `pod`, `namespace` and `service` labels it would have on Kubernetes
+    (deploy/k8s) and the dashboards are checked against them."""
     doc = yaml.safe_load(PROMETHEUS_YML.read_text())
     doc["global"]["scrape_interval"] = "1s"
     doc["global"]["scrape_timeout"] = "900ms"
@@ -640,7 +644,22 @@ def write_prom_config(out, targets, rules):
         if job["job_name"] != "stallscope":
             continue
         job.pop("dns_sd_configs", None)  # the mysql profile's second instance
-        job["static_configs"] = [{"targets": targets.split(",")}]
+        job.pop("static_configs", None)  # the compose address
+        discovered = Path(out).with_suffix(".targets.json")
+        discovered.write_text(json.dumps([
+            {"targets": [target], "labels": {
+                "__meta_kubernetes_namespace": "stallscope",
+                "__meta_kubernetes_service_name": "stallscope",
+                "__meta_kubernetes_pod_name": f"stallscope-{i}",
+            }}
+            for i, target in enumerate(targets.split(","))
+        ]))
+        job["file_sd_configs"] = [{"files": [str(discovered)], "refresh_interval": "1m"}]
+        job["relabel_configs"] = job.get("relabel_configs", []) + [
+            {"source_labels": [f"__meta_kubernetes_{meta}"], "target_label": label}
+            for meta, label in (("namespace", "namespace"), ("service_name", "service"),
+                                ("pod_name", "pod"), ("service_name", "job"))
+        ]
         jobs.append(job)
     doc["scrape_configs"] = jobs
     Path(out).write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -713,6 +732,8 @@ def panel_targets():
 # the load, or the fleet checks below would pass on one instance's data alone.
 FLEET_COVERAGE = [
     ("both instances were scraped", 'count(up{job="stallscope"} == 1) >= 2'),
+    ("every replica carries the operator's pod, namespace and service labels",
+     'count(up{job="stallscope", pod=~"stallscope-[0-9]+", namespace="stallscope", service="stallscope"} == 1) >= 3'),
     ("both instances served lesson requests", "count(sum by (instance) (increase(stallscope_task_polls_total[{range}])) > 0) >= 2"),
     ("both instances stalled on the same route and variant (two series a panel must sum)",
      "count by (route, variant) (sum by (instance, route, variant) (increase(stallscope_stalls_total[{range}])) > 0) >= 2"),
