@@ -67,7 +67,6 @@ def throughput_table(results: dict) -> str:
     sides = results["sides"]
     routes = [r for r in t if r.startswith("/")]
     hello, sleep = routes
-    ours = t[hello]["stallscope"]["requests_per_s"]
     rows = [f"| side | × FastAPI (1 worker), `/hello` | `/hello` req/s | p99 | `{sleep}` req/s "
             f"| of Little's limit ({t['littles_law_limit']:.0f}/s) | p99 |",
             "|---|---:|---:|---:|---:|---:|---:|"]
@@ -77,7 +76,6 @@ def throughput_table(results: dict) -> str:
         rows.append(f"| {side} | {h['requests_per_s'] / base:.1f} | {h['requests_per_s']:,.0f} | "
                     f"{h['p99_ms']:.1f} ms | {s['requests_per_s']:,.0f} | {s['littles_law_share']:.2f} | "
                     f"{s['p99_ms']:.0f} ms |")
-    del ours
     return "\n".join(rows)
 
 

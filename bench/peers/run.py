@@ -170,7 +170,7 @@ def main() -> None:
         "memory_sleep_ms": 3000 if smoke else 8000,
     }
     # 10 000 connections need 10 000 descriptors on both ends.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="stallscope-peers-"))

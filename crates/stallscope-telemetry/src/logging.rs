@@ -627,16 +627,6 @@ impl Visit for JsonFields {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn instance_ids_are_generated_unless_the_deployment_names_one() {
-        let a = generated_instance_id(None).expect("generated");
-        let b = generated_instance_id(Some("deployment.environment.name=ci".into()));
-        assert_ne!(Some(a.clone()), b, "each process its own");
-        assert_eq!(a.len(), 36, "a UUID: {a}");
-        let named = "k8s.pod.name=web-0, service.instance.id=web-0".to_owned();
-        assert_eq!(generated_instance_id(Some(named)), None);
-    }
-
     use super::*;
     use std::sync::{Arc, Mutex};
 
@@ -987,5 +977,15 @@ mod tests {
             assert!(!text.contains(hidden), "{hidden} in {text}");
         }
         assert!(text.contains("inside"), "{text}");
+    }
+
+    #[test]
+    fn instance_ids_are_generated_unless_the_deployment_names_one() {
+        let a = generated_instance_id(None).expect("generated");
+        let b = generated_instance_id(Some("deployment.environment.name=ci".into()));
+        assert_ne!(Some(a.clone()), b, "each process its own");
+        assert_eq!(a.len(), 36, "a UUID: {a}");
+        let named = "k8s.pod.name=web-0, service.instance.id=web-0".to_owned();
+        assert_eq!(generated_instance_id(Some(named)), None);
     }
 }
